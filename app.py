@@ -1,0 +1,329 @@
+"""HTTP and wiring: settings, hooks, error envelopes, routes and the `keys` commands.
+
+    gunicorn 'app:create_app()'           # serve, configured from the environment
+    flask --app app keys create --org ACME  # mint a key
+
+`create_app(config)` with a mapping reads only that mapping (the same names as the
+environment variables below); without one it reads the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from flask import Flask, Response, current_app, g, jsonify, request
+from marshmallow import ValidationError
+from peewee import InterfaceError, OperationalError
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
+
+import auth
+import models
+import schemas
+
+log = logging.getLogger("customers")
+
+# Titles of the error envelope, as the contract spells them (Lago's, where they differ
+# from the HTTP reason phrase).
+ERROR_TITLES = {
+    413: "Payload Too Large",
+    422: "Unprocessable entity",
+}
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
+
+
+# --- Settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, by its environment name. The README lists them with their meaning."""
+
+    database_url: str = "sqlite:///customers.db"
+    api_key: str | None = None
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+    db_timeout: float = 10.0
+    sqlite_synchronous: str = "FULL"
+
+    @classmethod
+    def from_mapping(cls, source: Mapping[str, Any]) -> Settings:
+        def read(name: str, default: Any, parse: Any = str) -> Any:
+            raw = source.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"setting {name}={raw!r} is not valid") from None
+
+        settings = cls(
+            database_url=read("DATABASE_URL", cls.database_url),
+            api_key=read("API_KEY", None),
+            max_body_bytes=read("MAX_BODY_BYTES", cls.max_body_bytes, int),
+            log_level=read("LOG_LEVEL", cls.log_level, str.upper),
+            db_timeout=read("DB_TIMEOUT", cls.db_timeout, float),
+            sqlite_synchronous=read("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, str.upper),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError("setting MAX_BODY_BYTES must be at least 1")
+        if self.db_timeout <= 0:
+            raise ValueError("setting DB_TIMEOUT must be positive")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"setting LOG_LEVEL={self.log_level!r} is not a log level")
+        if self.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"setting SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r} is not valid")
+
+
+# --- Errors -----------------------------------------------------------------------------
+
+
+class ApiError(HTTPException):
+    """An HTTP error whose envelope carries more than status and title."""
+
+    def __init__(self, code: int, **extra: Any):
+        self.code = code
+        self.extra = extra
+        super().__init__()
+
+
+def validation_error(details: Mapping[str, list[str]]) -> ApiError:
+    return ApiError(422, message="Validation error on the record", error_details=dict(details))
+
+
+def error_response(exc: HTTPException) -> Response:
+    """The contract's JSON envelope, built on the exception's own response so that headers
+    such as `Allow` and `WWW-Authenticate` survive."""
+    response = exc.get_response()
+    status = response.status_code
+    body = {"status": status, "error": ERROR_TITLES.get(status, HTTP_STATUS_CODES[status])}
+    body.update(getattr(exc, "extra", {}))
+    response.set_data(current_app.json.dumps(body))
+    response.mimetype = "application/json"
+    return response
+
+
+def handle_http_error(exc: HTTPException) -> Response:
+    return error_response(exc)
+
+
+def handle_database_error(exc: Exception) -> Response:
+    log.error("database unavailable: %s", exc)
+    return error_response(ApiError(503))
+
+
+def handle_unexpected_error(exc: Exception) -> Response:
+    log.exception("unhandled error")
+    return error_response(InternalServerError())
+
+
+# --- Logging ----------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamps every log record with the id of the request being served ('-' outside one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.request_id = g.get("request_id", "-")
+        except RuntimeError:  # outside an app context
+            record.request_id = "-"
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """Send the service's log lines, stamped with the request id, to stderr (gunicorn's
+    error log). The logger is process-wide: the last app built sets its level."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
+    )
+    for old in list(log.handlers):
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+# --- Request helpers --------------------------------------------------------------------
+
+
+def json_body() -> Any:
+    """The request body as strict JSON, or a 400 (a 413 past MAX_BODY_BYTES)."""
+    if request.mimetype != "application/json":
+        raise BadRequest()
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise BadRequest()
+    try:
+        return schemas.decode_json(request.get_data(cache=False))
+    except schemas.BadPayload:
+        raise BadRequest() from None
+
+
+def customer_response(customer: models.Customer) -> Response:
+    return jsonify(customer=schemas.dump_customer(customer))
+
+
+# --- Routes -----------------------------------------------------------------------------
+
+
+def health() -> Response | tuple[Response, int]:
+    models.ping()
+    return jsonify(status="ok")
+
+
+@auth.require_api_key
+def upsert_customer() -> Response:
+    payload = json_body()
+    try:
+        fields = schemas.load_customer(payload)
+    except schemas.BadPayload:
+        raise BadRequest() from None
+    except ValidationError as exc:
+        details = dict(exc.messages)  # type: ignore[arg-type]
+        if "name" not in payload["customer"] and not _is_update(details, payload["customer"]):
+            details["name"] = [schemas.MANDATORY]
+        raise validation_error(details) from None
+    customer = models.upsert_customer(g.organization_id, fields)
+    if customer is None:  # no name, and no customer to update
+        raise validation_error({"name": [schemas.MANDATORY]})
+    return customer_response(customer)
+
+
+def _is_update(details: Mapping[str, Any], customer: Mapping[str, Any]) -> bool:
+    # Reporting every failing field at once: a body without a name is only valid as an
+    # update, so tell the caller the name is missing too when nothing would be updated.
+    customer_id = customer.get("customer_id")
+    if "customer_id" in details or not isinstance(customer_id, str):
+        return False
+    return models.customer_exists(g.organization_id, customer_id)
+
+
+# --- Factory ----------------------------------------------------------------------------
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the service.
+
+    `config`: a mapping of settings by their environment names (`DATABASE_URL`,
+    `API_KEY`, `MAX_BODY_BYTES`, ...); when given, the environment is not read at all.
+    Creates the tables when missing. Leaves no database connection open, so it is safe
+    to call before gunicorn forks its workers.
+    """
+    settings = Settings.from_mapping(os.environ if config is None else config)
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep the contract's key order
+    app.json.ensure_ascii = False
+    app.url_map.merge_slashes = False  # a customer_id may hold "//"
+
+    db = models.open_database(
+        settings.database_url,
+        busy_timeout=settings.db_timeout,
+        synchronous=settings.sqlite_synchronous,
+    )
+    models.create_tables(db)
+    with models.using(db):
+        default_org = (
+            models.ensure_organization(models.DEFAULT_ORGANIZATION) if settings.api_key else None
+        )
+    app.extensions["customers.db"] = db
+    app.extensions["customers.keys"] = auth.KeyChecker(settings.api_key, default_org)
+
+    _register_hooks(app, db)
+    _register_errors(app)
+    _register_routes(app)
+    _register_commands(app)
+    return app
+
+
+def _register_hooks(app: Flask, db: Any) -> None:
+    @app.before_request
+    def start_request() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.db_token = models.activate(db)
+
+    @app.after_request
+    def stamp_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        return response
+
+    @app.teardown_request
+    def end_request(exc: BaseException | None) -> None:
+        if not db.is_closed():
+            db.close()
+        token = g.pop("db_token", None)
+        if token is not None:
+            models.deactivate(token)
+
+
+def _register_errors(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(OperationalError, handle_database_error)
+    app.register_error_handler(InterfaceError, handle_database_error)
+    app.register_error_handler(Exception, handle_unexpected_error)
+
+
+def _register_routes(app: Flask) -> None:
+    # No automatic OPTIONS: it would answer 200 with an empty, non-JSON body.
+    def route(rule: str, view: Any, *methods: str) -> None:
+        app.add_url_rule(rule, view_func=view, methods=methods, provide_automatic_options=False)
+
+    route("/health", health, "GET")
+    route("/api/v1/customers", upsert_customer, "POST")
+
+
+def _register_commands(app: Flask) -> None:
+    keys = click.Group("keys", help="Mint, list and revoke API keys.")
+
+    @keys.command("create")
+    @click.option("--org", "organization", required=True, help="Organization name.")
+    def create_key(organization: str) -> None:
+        """Mint a key (creating the organization when new); prints it, once."""
+        with models.using(app.extensions["customers.db"]):
+            key = auth.create_key(organization)
+        click.echo(f"New key for organization {organization!r}; it is shown only this once:")
+        click.echo(key)
+
+    @keys.command("list")
+    def list_keys() -> None:
+        """Organizations and key prefixes (never whole keys)."""
+        with models.using(app.extensions["customers.db"]):
+            rows = models.list_api_keys()
+        click.echo(f"{'ORGANIZATION':<24} {'PREFIX':<14} {'CREATED':<20} REVOKED")
+        for row in rows:
+            revoked = row["revoked_at"].isoformat(" ") if row["revoked_at"] else "-"
+            click.echo(
+                f"{row['organization']:<24} {row['prefix'] + '…':<14} "
+                f"{row['created_at'].isoformat(' '):<20} {revoked}"
+            )
+
+    @keys.command("revoke")
+    @click.argument("prefix")
+    def revoke_key(prefix: str) -> None:
+        """Revoke the key whose prefix (as `keys list` shows it) or whole value is PREFIX."""
+        with models.using(app.extensions["customers.db"]):
+            revoked = models.revoke_api_key(auth.key_prefix(prefix.rstrip("…")))
+        if not revoked:
+            raise click.ClickException(f"no active key with prefix {prefix!r}")
+        click.echo("revoked")
+
+    app.cli.add_command(keys)

@@ -1,0 +1,345 @@
+"""Persistence: the database, its tables, and the statements the service runs.
+
+Knows no HTTP. Every model is bound to `database`, a proxy that resolves to the
+database activated for the current context (`activate` / `using`), so that several
+apps, each with its own database, can live in one process: two test doubles, or
+one per pytest-xdist worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from peewee import (
+    EXCLUDED,
+    SQL,
+    AutoField,
+    CharField,
+    Database,
+    DatabaseProxy,
+    DateTimeField,
+    ForeignKeyField,
+    Model,
+    OperationalError,
+    UUIDField,
+)
+from playhouse.db_url import parseresult_to_dict
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+from schemas import DEFAULT_MAX_LENGTH, URL_MAX_LENGTH
+
+_active: ContextVar[Database] = ContextVar("customers_database")
+
+
+class ActiveDatabase(DatabaseProxy):
+    """A peewee proxy that resolves to the database activated in this context."""
+
+    def __getattr__(self, attr: str) -> Any:
+        try:
+            target = _active.get()
+        except LookupError:
+            raise RuntimeError("no database is active in this context") from None
+        return getattr(target, attr)
+
+    def __enter__(self):
+        return self.__getattr__("__enter__")()
+
+    def __exit__(self, *exc_info):
+        return self.__getattr__("__exit__")(*exc_info)
+
+
+database = ActiveDatabase()
+
+
+def activate(db: Database) -> Token:
+    """Make `db` the database of this context (a request, a CLI command); returns a token."""
+    return _active.set(db)
+
+
+def deactivate(token: Token) -> None:
+    _active.reset(token)
+
+
+@contextlib.contextmanager
+def using(db: Database) -> Iterator[Database]:
+    """Run a block against `db`, closing this thread's connection afterwards."""
+    token = activate(db)
+    try:
+        yield db
+    finally:
+        if not db.is_closed():
+            db.close()
+        deactivate(token)
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive, whole seconds: the precision the contract shows and sorts by."""
+    return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Organization(BaseModel):
+    id = AutoField()
+    name = CharField(max_length=DEFAULT_MAX_LENGTH, unique=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class ApiKey(BaseModel):
+    """A key, stored as its prefix (to find it and show it) and the SHA-256 of the whole."""
+
+    id = AutoField()
+    organization = ForeignKeyField(Organization, backref="api_keys", on_delete="CASCADE")
+    prefix = CharField(max_length=32, unique=True)
+    key_hash = CharField(max_length=64)
+    created_at = DateTimeField(default=utcnow)
+    revoked_at = DateTimeField(null=True)
+
+
+def _text(max_length: int = DEFAULT_MAX_LENGTH) -> CharField:
+    return CharField(max_length=max_length, null=True)
+
+
+class Customer(BaseModel):
+    id = AutoField()
+    lago_id = UUIDField(unique=True)
+    organization = ForeignKeyField(Organization, backref="customers", on_delete="CASCADE")
+    customer_id = CharField(max_length=DEFAULT_MAX_LENGTH)
+    name = CharField(max_length=DEFAULT_MAX_LENGTH)
+    address_line1 = _text()
+    address_line2 = _text()
+    city = _text()
+    country = CharField(max_length=2, null=True)
+    email = _text()
+    legal_name = _text()
+    legal_number = _text()
+    logo_url = _text(URL_MAX_LENGTH)
+    phone = _text()
+    state = _text()
+    url = _text(URL_MAX_LENGTH)
+    zipcode = _text()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+    class Meta:
+        indexes = (
+            # The upsert's conflict target: customer_id is unique per organization.
+            (("organization", "customer_id"), True),
+        )
+
+
+# The list's order, newest first then lago_id ascending, read straight off an index.
+Customer.add_index(
+    Customer.index(Customer.organization, Customer.created_at.desc(), Customer.lago_id)
+)
+
+TABLES = (Organization, ApiKey, Customer)
+DEFAULT_ORGANIZATION = "default"
+
+
+# --- Opening the database -------------------------------------------------------------
+
+
+def open_database(
+    url: str,
+    *,
+    busy_timeout: float = 10.0,
+    synchronous: str = "FULL",
+    max_connections: int = 32,
+) -> Database:
+    """A pooled peewee database for `url` (`sqlite:///path` or `postgresql://...`).
+
+    SQLite connections get a busy timeout (writers wait for the lock instead of failing
+    with "database is locked"), `synchronous` (FULL: a commit is on disk before the 200),
+    and foreign keys; WAL is switched on once, by `create_tables`.
+    Peewee's URL query parameters pass through to the driver.
+    """
+    parsed = urlparse(url)
+    params = parseresult_to_dict(parsed)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite":
+        path = params.pop("database")
+        if path != ":memory:":
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+        return PooledSqliteDatabase(
+            path,
+            # First, so that the pragmas after it already wait for a busy file.
+            pragmas=[
+                ("busy_timeout", int(busy_timeout * 1000)),
+                ("synchronous", synchronous),
+                ("foreign_keys", 1),
+            ],
+            returning_clause=True,
+            max_connections=max_connections,
+            timeout=busy_timeout,  # the pool's: how long to wait for a free connection
+            **params,
+        )
+    if scheme in ("postgres", "postgresql"):
+        return PooledPostgresqlDatabase(
+            params.pop("database"), max_connections=max_connections, timeout=busy_timeout, **params
+        )
+    raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported")
+
+
+def is_sqlite(db: Database) -> bool:
+    return isinstance(db, PooledSqliteDatabase)
+
+
+def create_tables(db: Database) -> None:
+    """Create what is missing, safely when many processes start at once on a new database."""
+    with using(db):
+        if is_sqlite(db):
+            _enable_wal(db)
+            # BEGIN IMMEDIATE takes the write lock up front (waiting out the busy timeout),
+            # so concurrent starters queue instead of failing half way.
+            with db.atomic(lock_type="IMMEDIATE"):
+                db.create_tables(TABLES, safe=True)
+        else:
+            with db.atomic():
+                # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's
+                # catalog; a transaction-scoped advisory lock serialises the starters.
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_id("create_tables"),))
+                db.create_tables(TABLES, safe=True)
+
+
+def _enable_wal(db: Database, attempts: int = 50) -> None:
+    # The switch needs a moment alone with the file; a peer starting at the same instant
+    # can make it fail at once rather than wait, so try again briefly.
+    for attempt in range(attempts):
+        try:
+            db.execute_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
+def _lock_id(name: str) -> int:
+    return zlib.crc32(f"customers:{name}".encode())
+
+
+def ping() -> None:
+    """Raise if the database does not answer."""
+    database.execute_sql("SELECT 1").fetchone()
+
+
+# --- Organizations and keys -------------------------------------------------------------
+
+
+def ensure_organization(name: str) -> int:
+    """The id of the organization `name`, created when new (safe under concurrency)."""
+    Organization.insert(name=name, created_at=utcnow()).on_conflict_ignore().execute()
+    return Organization.get(Organization.name == name).id
+
+
+def add_api_key(organization_id: int, prefix: str, key_hash: str) -> None:
+    ApiKey.create(organization=organization_id, prefix=prefix, key_hash=key_hash)
+
+
+def find_active_key(prefix: str) -> tuple[int, str] | None:
+    """(organization id, key hash) of the unrevoked key with this prefix."""
+    row = (
+        ApiKey.select(ApiKey.organization, ApiKey.key_hash)
+        .where((ApiKey.prefix == prefix) & ApiKey.revoked_at.is_null())
+        .tuples()
+        .first()
+    )
+    return None if row is None else (row[0], row[1])
+
+
+def list_api_keys() -> list[dict[str, Any]]:
+    query = (
+        ApiKey.select(
+            Organization.name.alias("organization"),
+            ApiKey.prefix,
+            ApiKey.created_at,
+            ApiKey.revoked_at,
+        )
+        .join(Organization)
+        .order_by(Organization.name, ApiKey.created_at, ApiKey.id)
+        .dicts()
+    )
+    return list(query)
+
+
+def revoke_api_key(prefix: str) -> bool:
+    """Revoke the key with this prefix; False when there is no such unrevoked key."""
+    updated = (
+        ApiKey.update(revoked_at=utcnow())
+        .where((ApiKey.prefix == prefix) & ApiKey.revoked_at.is_null())
+        .execute()
+    )
+    return updated > 0
+
+
+# --- Customers ------------------------------------------------------------------------
+
+
+def upsert_customer(organization_id: int, fields: dict[str, str | None]) -> Customer | None:
+    """Create or update the organization's customer `fields["customer_id"]` atomically.
+
+    Only the keys present in `fields` are written; `lago_id` and `created_at` are set on
+    creation only. With a `name`, this is one `INSERT ... ON CONFLICT DO UPDATE` on the
+    unique (organization, customer_id) index: concurrent first-time upserts leave one
+    row. Without a `name` the call can only update (a new customer needs one), so it is
+    one `UPDATE`, and None means there was no such customer to update.
+    """
+    now = utcnow()
+    changes = {name: value for name, value in fields.items() if name != "customer_id"}
+    if "name" not in fields:
+        query = (
+            Customer.update(updated_at=now, **changes)
+            .where(
+                (Customer.organization == organization_id)
+                & (Customer.customer_id == fields["customer_id"])
+            )
+            .returning(Customer)
+        )
+    else:
+        query = (
+            Customer.insert(
+                lago_id=uuid.uuid4(),
+                organization=organization_id,
+                created_at=now,
+                updated_at=now,
+                **fields,
+            )
+            .on_conflict(
+                conflict_target=(Customer.organization, Customer.customer_id),
+                update={
+                    Customer.updated_at: EXCLUDED.updated_at,
+                    **{getattr(Customer, name): getattr(EXCLUDED, name) for name in changes},
+                },
+            )
+            .returning(Customer)
+        )
+    return _first(query.objects(Customer).execute())
+
+
+def customer_exists(organization_id: int, customer_id: str) -> bool:
+    return (
+        Customer.select(SQL("1"))
+        .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
+        .exists()
+    )
+
+
+def _first(cursor: Any) -> Any:
+    for row in cursor:
+        return row
+    return None

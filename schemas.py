@@ -1,0 +1,203 @@
+"""The wire format: strict JSON in, the customer object out, and the contract's error codes.
+
+Knows no HTTP and no database. `load_customer` turns a decoded request body into the
+fields to write; `dump_customer` turns a stored row into the customer object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pycountry
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
+
+# The contract's 422 codes.
+MANDATORY = "value_is_mandatory"
+INVALID = "value_is_invalid"
+TOO_LONG = "value_is_too_long"
+NOT_A_COUNTRY = "not_a_valid_country_code"
+
+# Maximum lengths, in characters. URLs get more room: signed CDN links to a logo
+# routinely pass 255 characters.
+DEFAULT_MAX_LENGTH = 255
+URL_MAX_LENGTH = 2048
+
+# Pagination of the list route.
+DEFAULT_PER_PAGE = 100
+MAX_PER_PAGE = 1000
+
+# C0 controls other than tab, LF and CR, and lone surrogates (JSON's \ud800 escapes),
+# which are not characters at all and cannot be stored as UTF-8.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+
+_COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
+
+CUSTOMER_FIELDS = (
+    "customer_id",
+    "address_line1",
+    "address_line2",
+    "city",
+    "country",
+    "email",
+    "legal_name",
+    "legal_number",
+    "logo_url",
+    "name",
+    "phone",
+    "state",
+    "url",
+    "zipcode",
+)
+
+
+class BadPayload(ValueError):
+    """The body is not a JSON object of the expected envelope (a 400, not a 422)."""
+
+
+class CustomerString(fields.Field):
+    """A string field of the customer: text as sent, or a JSON integer as its decimal text.
+
+    `mandatory` fields reject null and blank values with `value_is_mandatory`.
+    """
+
+    default_error_messages = {
+        "required": MANDATORY,
+        "null": MANDATORY,
+        "mandatory": MANDATORY,
+        "invalid": INVALID,
+        "too_long": TOO_LONG,
+    }
+
+    def __init__(self, *, max_length: int = DEFAULT_MAX_LENGTH, mandatory: bool = False, **kwargs):
+        super().__init__(allow_none=not mandatory, **kwargs)
+        self.max_length = max_length
+        self.mandatory = mandatory
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs) -> str:
+        # bool is a subclass of int in Python; JSON true/false is not a number.
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.make_error("invalid")
+        text = str(value) if isinstance(value, int) else value
+        if _FORBIDDEN.search(text):
+            raise self.make_error("invalid")
+        if len(text) > self.max_length:
+            raise self.make_error("too_long")
+        if self.mandatory and not text.strip():
+            raise self.make_error("mandatory")
+        return text
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs) -> Any:
+        return value
+
+
+class CountryCode(CustomerString):
+    """ISO 3166-1 alpha-2, any letter case in, upper case out."""
+
+    default_error_messages = {"not_a_country": NOT_A_COUNTRY}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs) -> str:
+        code = super()._deserialize(value, attr, data, **kwargs).upper()
+        if code not in _COUNTRY_CODES:
+            raise self.make_error("not_a_country")
+        return code
+
+
+class UtcTimestamp(fields.Field):
+    """A naive UTC datetime rendered as ISO 8601 with whole seconds and a `Z`."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs) -> Any:
+        return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CustomerSchema(Schema):
+    """The customer object: what a caller may send, and what the service answers."""
+
+    class Meta:
+        unknown = EXCLUDE  # Lago's clients send keys this contract does not list.
+
+    lago_id = fields.UUID(dump_only=True)
+    customer_id = CustomerString(required=True, mandatory=True)
+    address_line1 = CustomerString()
+    address_line2 = CustomerString()
+    city = CustomerString()
+    country = CountryCode()
+    created_at = UtcTimestamp(dump_only=True)
+    email = CustomerString()
+    legal_name = CustomerString()
+    legal_number = CustomerString()
+    logo_url = CustomerString(max_length=URL_MAX_LENGTH)
+    # Required when creating, which only the database can tell; when sent it may not be
+    # null or blank, because null cannot clear it.
+    name = CustomerString(mandatory=True)
+    phone = CustomerString()
+    state = CustomerString()
+    url = CustomerString(max_length=URL_MAX_LENGTH)
+    zipcode = CustomerString()
+
+
+_customer_schema = CustomerSchema()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a body as strict RFC 8259 JSON: UTF-8 only, no NaN or Infinity.
+
+    Raises `BadPayload` for anything else, including nesting too deep to parse.
+    """
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadPayload("body is not strict JSON") from exc
+
+
+def load_customer(payload: Any) -> dict[str, str | None]:
+    """Validate a decoded `{"customer": {...}}` body; return only the fields sent.
+
+    A field absent from the result was absent from the request (keep the stored
+    value); a field mapped to None was sent as null (clear it).
+    Raises `BadPayload` for a malformed envelope and `ValidationError` with
+    `{field: [code]}` messages, every failing field at once, for broken rules.
+    """
+    if not isinstance(payload, dict):
+        raise BadPayload("body is not a JSON object")
+    customer = payload.get("customer")
+    if not isinstance(customer, dict) or not customer:
+        raise BadPayload("customer is absent, empty or not an object")
+    return _customer_schema.load(customer)
+
+
+def dump_customer(row: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The customer object of the contract, every key present, in the contract's order."""
+    return _customer_schema.dump(row)
+
+
+def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:
+    """`page` and `per_page` of the list route; a bad value is a `ValidationError`."""
+    errors: dict[str, list[str]] = {}
+    values = {}
+    for name, default, maximum in (
+        ("page", 1, None),
+        ("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE),
+    ):
+        raw = args.get(name)
+        value = default if raw is None else _whole_number(raw)
+        if value is None or value < 1 or (maximum is not None and value > maximum):
+            errors[name] = [INVALID]
+        values[name] = value
+    if errors:
+        raise ValidationError(errors)
+    return values["page"], values["per_page"]
+
+
+def _whole_number(raw: str) -> int | None:
+    # Only plain ASCII digits: int() would also take "+3", " 3", "3_000" and "３".
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        return None
+    return int(raw)

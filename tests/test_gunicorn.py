@@ -1,0 +1,148 @@
+"""The service under a real gunicorn with two workers, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import API_KEY, auth
+from tests.support import Gunicorn, request
+
+
+@pytest.fixture
+def server(tmp_path):
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "API_KEY": API_KEY,
+        "LOG_LEVEL": "INFO",
+    }
+    with Gunicorn(env, workers=2, log_path=tmp_path / "gunicorn.log") as running:
+        yield running
+
+
+def rows(tmp_path, customer_id=None):
+    with sqlite3.connect(tmp_path / "served.db") as conn:
+        conn.row_factory = sqlite3.Row
+        query = "SELECT * FROM customer"
+        args: tuple = ()
+        if customer_id is not None:
+            query += " WHERE customer_id = ?"
+            args = (customer_id,)
+        return [dict(row) for row in conn.execute(query, args)]
+
+
+def test_round_trip(server, tmp_path):
+    body = {"customer": {"customer_id": "gc-1", "name": "Gavin", "country": "us"}}
+    created = request(server.port, "POST", "/api/v1/customers", body, auth())
+    assert created.status == 200
+    assert created.headers["Content-Type"] == "application/json"
+    assert created.headers["X-Request-Id"]
+    customer = created.json()["customer"]
+    assert (customer["customer_id"], customer["name"], customer["country"]) == (
+        "gc-1",
+        "Gavin",
+        "US",
+    )
+    update = {"customer": {"customer_id": "gc-1", "city": "Palo Alto", "country": None}}
+    updated = request(server.port, "POST", "/api/v1/customers", update, auth())
+    assert updated.status == 200
+    assert updated.json()["customer"] == {**customer, "city": "Palo Alto", "country": None}
+    [row] = rows(tmp_path)
+    assert (row["name"], row["city"], row["country"]) == ("Gavin", "Palo Alto", None)
+
+
+def test_bad_key_is_401_over_http(server, tmp_path):
+    body = {"customer": {"customer_id": "gc-2", "name": "Nope"}}
+    reply = request(server.port, "POST", "/api/v1/customers", body, auth("wrong-key"))
+    assert reply.status == 401
+    assert reply.json() == {"status": 401, "error": "Unauthorized"}
+    assert reply.headers["WWW-Authenticate"] == "Bearer"
+    assert rows(tmp_path) == []
+
+
+def test_errors_keep_their_envelope_over_http(server):
+    assert request(server.port, "GET", "/nope").json() == {"status": 404, "error": "Not Found"}
+    reply = request(server.port, "PUT", "/api/v1/customers", headers=auth())
+    assert (reply.status, reply.headers["Allow"]) == (405, "POST")
+    bad = request(
+        server.port,
+        "POST",
+        "/api/v1/customers",
+        b"{",
+        {**auth(), "Content-Type": "application/json"},
+    )
+    assert (bad.status, bad.json()) == (400, {"status": 400, "error": "Bad Request"})
+    reply = request(
+        server.port,
+        "POST",
+        "/api/v1/customers",
+        {"customer": {"customer_id": "x", "country": "USA"}},
+        auth(),
+    )
+    assert reply.status == 422
+    assert reply.json()["error_details"] == {
+        "country": ["not_a_valid_country_code"],
+        "name": ["value_is_mandatory"],
+    }
+    big = request(
+        server.port,
+        "POST",
+        "/api/v1/customers",
+        b"x" * 70_000,
+        {**auth(), "Content-Type": "application/json"},
+    )
+    assert (big.status, big.json()) == (413, {"status": 413, "error": "Payload Too Large"})
+
+
+def _race(port: int, customer_id: str, writers: int) -> list:
+    start = threading.Barrier(writers)
+
+    def upsert(n: int):
+        body = {"customer": {"customer_id": customer_id, "name": f"writer {n}"}}
+        start.wait()
+        return request(port, "POST", "/api/v1/customers", body, auth())
+
+    with ThreadPoolExecutor(writers) as pool:
+        return list(pool.map(upsert, range(writers)))
+
+
+def test_50_concurrent_first_time_upserts_make_one_customer(server, tmp_path):
+    for round_ in range(5):
+        customer_id = f"race-{round_}"
+        replies = _race(server.port, customer_id, 50)
+        assert [r.status for r in replies] == [200] * 50
+        lago_ids = {r.json()["customer"]["lago_id"] for r in replies}
+        assert len(lago_ids) == 1
+        [row] = rows(tmp_path, customer_id)
+        assert row["name"] in {f"writer {n}" for n in range(50)}
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "locked" not in log
+    assert "Traceback" not in log
+
+
+def _start_app(url: str) -> None:
+    from app import create_app
+
+    create_app({"DATABASE_URL": url, "API_KEY": API_KEY})
+
+
+def test_many_processes_starting_on_a_brand_new_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_start_app, args=(url,)) for _ in range(8)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0] * 8
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert {"organization", "api_key", "customer"} <= tables
+        assert conn.execute("SELECT count(*) FROM organization").fetchone() == (1,)
