@@ -22,8 +22,14 @@ import click
 from flask import Flask, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 from peewee import InterfaceError, OperationalError
-from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    RequestEntityTooLarge,
+)
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import BaseConverter
 
 import auth
 import models
@@ -94,8 +100,8 @@ class Settings:
 class ApiError(HTTPException):
     """An HTTP error whose envelope carries more than status and title."""
 
-    def __init__(self, code: int, **extra: Any):
-        self.code = code
+    def __init__(self, status: int, **extra: Any):
+        self.code = status
         self.extra = extra
         super().__init__()
 
@@ -111,7 +117,7 @@ def error_response(exc: HTTPException) -> Response:
     status = response.status_code
     body = {"status": status, "error": ERROR_TITLES.get(status, HTTP_STATUS_CODES[status])}
     body.update(getattr(exc, "extra", {}))
-    response.set_data(current_app.json.dumps(body))
+    response.set_data(current_app.json.dumps(body, separators=(",", ":")))
     response.mimetype = "application/json"
     return response
 
@@ -159,6 +165,14 @@ def configure_logging(level: str) -> None:
     log.propagate = False
 
 
+class CustomerIdConverter(BaseConverter):
+    """A URL-decoded `customer_id`: anything non-empty, slashes and line breaks included
+    (Werkzeug's `path` converter refuses a leading slash)."""
+
+    regex = r"[\s\S]+"
+    part_isolating = False
+
+
 # --- Request helpers --------------------------------------------------------------------
 
 
@@ -170,9 +184,20 @@ def json_body() -> Any:
     if charset not in ("utf-8", "utf8"):
         raise BadRequest()
     try:
-        return schemas.decode_json(request.get_data(cache=False))
+        return schemas.decode_json(_read_body(current_app.config["MAX_CONTENT_LENGTH"]))
     except schemas.BadPayload:
         raise BadRequest() from None
+
+
+def _read_body(limit: int) -> bytes:
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        # A chunked body has no length to check up front, and Werkzeug's stream stops
+        # quietly at the limit; read one byte past it to tell "too large" from "exactly".
+        data = request.environ["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+    return request.get_data(cache=False)  # Werkzeug answers 413 past Content-Length
 
 
 def customer_response(customer: models.Customer) -> Response:
@@ -205,6 +230,38 @@ def upsert_customer() -> Response:
     return customer_response(customer)
 
 
+@auth.require_api_key
+def get_customer(customer_id: str) -> Response:
+    return customer_response(_found(models.get_customer, customer_id))
+
+
+@auth.require_api_key
+def delete_customer(customer_id: str) -> Response:
+    return customer_response(_found(models.delete_customer, customer_id))
+
+
+@auth.require_api_key
+def list_customers() -> Response:
+    try:
+        page, per_page = schemas.load_page_params(request.args)
+    except ValidationError as exc:
+        raise validation_error(exc.messages) from None  # type: ignore[arg-type]
+    rows, total = models.list_customers(g.organization_id, page, per_page)
+    return jsonify(
+        customers=[schemas.dump_customer(row) for row in rows],
+        meta=schemas.page_meta(page, per_page, total),
+    )
+
+
+def _found(lookup: Any, customer_id: str) -> models.Customer:
+    customer = None
+    if schemas.is_possible_customer_id(customer_id):
+        customer = lookup(g.organization_id, customer_id)
+    if customer is None:
+        raise ApiError(404, code="customer_not_found")
+    return customer
+
+
 def _is_update(details: Mapping[str, Any], customer: Mapping[str, Any]) -> bool:
     # Reporting every failing field at once: a body without a name is only valid as an
     # update, so tell the caller the name is missing too when nothing would be updated.
@@ -233,6 +290,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # keep the contract's key order
     app.json.ensure_ascii = False
     app.url_map.merge_slashes = False  # a customer_id may hold "//"
+    app.url_map.converters["customer_id"] = CustomerIdConverter
 
     db = models.open_database(
         settings.database_url,
@@ -289,6 +347,9 @@ def _register_routes(app: Flask) -> None:
 
     route("/health", health, "GET")
     route("/api/v1/customers", upsert_customer, "POST")
+    route("/api/v1/customers", list_customers, "GET")
+    route("/api/v1/customers/<customer_id:customer_id>", get_customer, "GET")
+    route("/api/v1/customers/<customer_id:customer_id>", delete_customer, "DELETE")
 
 
 def _register_commands(app: Flask) -> None:

@@ -331,6 +331,36 @@ def upsert_customer(organization_id: int, fields: dict[str, str | None]) -> Cust
     return _first(query.objects(Customer).execute())
 
 
+def get_customer(organization_id: int, customer_id: str) -> Customer | None:
+    """The organization's customer, found through the unique (organization, customer_id) index."""
+    return Customer.get_or_none(
+        (Customer.organization == organization_id) & (Customer.customer_id == customer_id)
+    )
+
+
+def delete_customer(organization_id: int, customer_id: str) -> Customer | None:
+    """Delete the organization's customer in one statement; return it as it was, or None."""
+    query = (
+        Customer.delete()
+        .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
+        .returning(Customer)
+    )
+    return _first(query.objects(Customer).execute())
+
+
+def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Customer], int]:
+    """One page of the organization's customers, newest first then `lago_id` ascending
+    (the order of the list index), and how many the organization has in all."""
+    owned = Customer.select().where(Customer.organization == organization_id)
+    total = owned.count()
+    rows = list(
+        owned.order_by(Customer.created_at.desc(), Customer.lago_id)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return rows, total
+
+
 def customer_exists(organization_id: int, customer_id: str) -> bool:
     return (
         Customer.select(SQL("1"))

@@ -178,6 +178,33 @@ def dump_customer(row: Mapping[str, Any] | Any) -> dict[str, Any]:
     return _customer_schema.dump(row)
 
 
+def is_possible_customer_id(value: str) -> bool:
+    """Whether an upsert could ever have stored this `customer_id` (path lookups of any
+    other are answered without asking the database)."""
+    return 0 < len(value) <= DEFAULT_MAX_LENGTH and not _FORBIDDEN.search(value)
+
+
+def page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
+    """Lago's pagination `meta`. No customers at all: page 0 of 0. A page past the end
+    keeps its number, with no next page and the page before it as the previous one."""
+    if total == 0:
+        return {
+            "current_page": 0,
+            "next_page": None,
+            "prev_page": None,
+            "total_pages": 0,
+            "total_count": 0,
+        }
+    total_pages = -(-total // per_page)
+    return {
+        "current_page": page,
+        "next_page": page + 1 if page < total_pages else None,
+        "prev_page": page - 1 if page > 1 else None,
+        "total_pages": total_pages,
+        "total_count": total,
+    }
+
+
 def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:
     """`page` and `per_page` of the list route; a bad value is a `ValidationError`."""
     errors: dict[str, list[str]] = {}

@@ -40,15 +40,21 @@ def request(
     body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
+    chunked: bool = False,
 ) -> Reply:
-    """One HTTP request on a new connection; `body` is sent as JSON unless it is bytes."""
+    """One HTTP request on a new connection; `body` is sent as JSON unless it is bytes.
+    `chunked` sends it with `Transfer-Encoding: chunked` and no `Content-Length`."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = dict(headers or {})
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=body, headers=headers)
+        if chunked:
+            pieces = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+            conn.request(method, path, body=iter(pieces), headers=headers, encode_chunked=True)
+        else:
+            conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         return Reply(response.status, dict(response.getheaders()), response.read())
     finally:

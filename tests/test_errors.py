@@ -34,9 +34,10 @@ def test_unknown_route_is_json_404(client, method, path):
 @pytest.mark.parametrize(
     "method,path,allowed",
     [
-        ("PUT", "/api/v1/customers", {"POST"}),
-        ("PATCH", "/api/v1/customers", {"POST"}),
-        ("OPTIONS", "/api/v1/customers", {"POST"}),
+        ("PUT", "/api/v1/customers", {"GET", "HEAD", "POST"}),
+        ("PATCH", "/api/v1/customers", {"GET", "HEAD", "POST"}),
+        ("OPTIONS", "/api/v1/customers", {"GET", "HEAD", "POST"}),
+        ("POST", "/api/v1/customers/x", {"GET", "HEAD", "DELETE"}),
         ("POST", "/health", {"GET", "HEAD"}),
         ("DELETE", "/health", {"GET", "HEAD"}),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import API_KEY, auth
 from tests.support import Gunicorn, request
+from tests.test_read_delete import AWKWARD_IDS, path_of
 
 
 @pytest.fixture
@@ -67,7 +69,8 @@ def test_bad_key_is_401_over_http(server, tmp_path):
 def test_errors_keep_their_envelope_over_http(server):
     assert request(server.port, "GET", "/nope").json() == {"status": 404, "error": "Not Found"}
     reply = request(server.port, "PUT", "/api/v1/customers", headers=auth())
-    assert (reply.status, reply.headers["Allow"]) == (405, "POST")
+    assert reply.status == 405
+    assert sorted(reply.headers["Allow"].split(", ")) == ["GET", "HEAD", "POST"]
     bad = request(
         server.port,
         "POST",
@@ -96,6 +99,35 @@ def test_errors_keep_their_envelope_over_http(server):
         {**auth(), "Content-Type": "application/json"},
     )
     assert (big.status, big.json()) == (413, {"status": 413, "error": "Payload Too Large"})
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_limit_holds_with_and_without_content_length(server, tmp_path, chunked):
+    def body_of(size: int, customer_id: str) -> bytes:
+        body = json.dumps({"customer": {"customer_id": customer_id, "name": ""}}).encode()
+        return body.replace(b'"name": ""', b'"name": "' + b"n" * (size - len(body)) + b'"')
+
+    headers = {**auth(), "Content-Type": "application/json"}
+    # The name is too long for the field, but at the body limit that is a 422, not a 413.
+    at_limit = request(
+        server.port, "POST", "/api/v1/customers", body_of(65536, "a"), headers, chunked=chunked
+    )
+    assert at_limit.status == 422
+    over = request(
+        server.port, "POST", "/api/v1/customers", body_of(65537, "b"), headers, chunked=chunked
+    )
+    assert (over.status, over.json()) == (413, {"status": 413, "error": "Payload Too Large"})
+    small = {"customer": {"customer_id": "small", "name": "S"}}
+    ok = request(
+        server.port,
+        "POST",
+        "/api/v1/customers",
+        json.dumps(small).encode(),
+        headers,
+        chunked=chunked,
+    )
+    assert ok.status == 200
+    assert [row["customer_id"] for row in rows(tmp_path)] == ["small"]
 
 
 def _race(port: int, customer_id: str, writers: int) -> list:
@@ -146,3 +178,23 @@ def test_many_processes_starting_on_a_brand_new_database(tmp_path):
         }
         assert {"organization", "api_key", "customer"} <= tables
         assert conn.execute("SELECT count(*) FROM organization").fetchone() == (1,)
+
+
+def test_awkward_customer_ids_round_trip_over_http(server, tmp_path):
+    for customer_id in AWKWARD_IDS:
+        body = {"customer": {"customer_id": customer_id, "name": "Awkward"}}
+        created = request(server.port, "POST", "/api/v1/customers", body, auth())
+        assert created.status == 200, customer_id
+        customer = created.json()["customer"]
+        assert customer["customer_id"] == customer_id
+        fetched = request(server.port, "GET", path_of(customer_id), headers=auth())
+        assert (fetched.status, fetched.json()) == (200, {"customer": customer}), customer_id
+    listed = request(server.port, "GET", "/api/v1/customers?per_page=1000", headers=auth()).json()
+    assert sorted(c["customer_id"] for c in listed["customers"]) == sorted(AWKWARD_IDS)
+    for customer_id in AWKWARD_IDS:
+        deleted = request(server.port, "DELETE", path_of(customer_id), headers=auth())
+        assert deleted.status == 200, customer_id
+        assert deleted.json()["customer"]["customer_id"] == customer_id
+        gone = request(server.port, "GET", path_of(customer_id), headers=auth())
+        assert (gone.status, gone.json()["code"]) == (404, "customer_not_found")
+    assert rows(tmp_path) == []
