@@ -28,6 +28,7 @@ from peewee import (
     DatabaseProxy,
     DateTimeField,
     ForeignKeyField,
+    IntegerField,
     Model,
     OperationalError,
     UUIDField,
@@ -96,6 +97,9 @@ class Organization(BaseModel):
     id = AutoField()
     name = CharField(max_length=DEFAULT_MAX_LENGTH, unique=True)
     created_at = DateTimeField(default=utcnow)
+    # Kept in step with the organization's customers in the same transaction as every
+    # insert and delete, so that the list's total_count does not cost a scan of them.
+    customer_count = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
 
 class ApiKey(BaseModel):
@@ -310,25 +314,36 @@ def upsert_customer(organization_id: int, fields: dict[str, str | None]) -> Cust
             )
             .returning(Customer)
         )
-    else:
-        query = (
-            Customer.insert(
-                lago_id=uuid.uuid4(),
-                organization=organization_id,
-                created_at=now,
-                updated_at=now,
-                **fields,
-            )
-            .on_conflict(
-                conflict_target=(Customer.organization, Customer.customer_id),
-                update={
-                    Customer.updated_at: EXCLUDED.updated_at,
-                    **{getattr(Customer, name): getattr(EXCLUDED, name) for name in changes},
-                },
-            )
-            .returning(Customer)
+        return _first(query.objects(Customer).execute())
+    lago_id = uuid.uuid4()
+    query = (
+        Customer.insert(
+            lago_id=lago_id,
+            organization=organization_id,
+            created_at=now,
+            updated_at=now,
+            **fields,
         )
-    return _first(query.objects(Customer).execute())
+        .on_conflict(
+            conflict_target=(Customer.organization, Customer.customer_id),
+            update={
+                Customer.updated_at: EXCLUDED.updated_at,
+                **{getattr(Customer, name): getattr(EXCLUDED, name) for name in changes},
+            },
+        )
+        .returning(Customer)
+    )
+    with database.atomic():
+        customer = _first(query.objects(Customer).execute())
+        if customer.lago_id == lago_id:  # inserted, not updated
+            _count_customers(organization_id, +1)
+    return customer
+
+
+def _count_customers(organization_id: int, change: int) -> None:
+    Organization.update(customer_count=Organization.customer_count + change).where(
+        Organization.id == organization_id
+    ).execute()
 
 
 def get_customer(organization_id: int, customer_id: str) -> Customer | None:
@@ -345,20 +360,29 @@ def delete_customer(organization_id: int, customer_id: str) -> Customer | None:
         .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
         .returning(Customer)
     )
-    return _first(query.objects(Customer).execute())
+    with database.atomic():
+        customer = _first(query.objects(Customer).execute())
+        if customer is not None:
+            _count_customers(organization_id, -1)
+    return customer
 
 
 def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Customer], int]:
     """One page of the organization's customers, newest first then `lago_id` ascending
     (the order of the list index), and how many the organization has in all."""
-    owned = Customer.select().where(Customer.organization == organization_id)
-    total = owned.count()
+    total = (
+        Organization.select(Organization.customer_count)
+        .where(Organization.id == organization_id)
+        .scalar()
+    )
     rows = list(
-        owned.order_by(Customer.created_at.desc(), Customer.lago_id)
+        Customer.select()
+        .where(Customer.organization == organization_id)
+        .order_by(Customer.created_at.desc(), Customer.lago_id)
         .limit(per_page)
         .offset((page - 1) * per_page)
     )
-    return rows, total
+    return rows, total or 0
 
 
 def customer_exists(organization_id: int, customer_id: str) -> bool:

@@ -151,6 +151,8 @@ def test_50_concurrent_first_time_upserts_make_one_customer(server, tmp_path):
         assert len(lago_ids) == 1
         [row] = rows(tmp_path, customer_id)
         assert row["name"] in {f"writer {n}" for n in range(50)}
+    listed = request(server.port, "GET", "/api/v1/customers", headers=auth()).json()
+    assert listed["meta"]["total_count"] == len(listed["customers"]) == 5
     log = (tmp_path / "gunicorn.log").read_text()
     assert "locked" not in log
     assert "Traceback" not in log
