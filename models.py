@@ -188,6 +188,8 @@ def open_database(
                 ("foreign_keys", 1),
             ],
             returning_clause=True,
+            # Pooled connections move between threads (one at a time, checked out).
+            check_same_thread=False,
             max_connections=max_connections,
             timeout=busy_timeout,  # the pool's: how long to wait for a free connection
             **params,
@@ -294,14 +296,23 @@ def revoke_api_key(prefix: str) -> bool:
 # --- Customers ------------------------------------------------------------------------
 
 
-def upsert_customer(organization_id: int, fields: dict[str, str | None]) -> Customer | None:
+def upsert_customer(
+    organization_id: int,
+    fields: dict[str, str | None],
+    *,
+    lago_id: uuid.UUID | None = None,
+    created_at: datetime | None = None,
+) -> Customer | None:
     """Create or update the organization's customer `fields["customer_id"]` atomically.
 
     Only the keys present in `fields` are written; `lago_id` and `created_at` are set on
-    creation only. With a `name`, this is one `INSERT ... ON CONFLICT DO UPDATE` on the
-    unique (organization, customer_id) index: concurrent first-time upserts leave one
-    row. Without a `name` the call can only update (a new customer needs one), so it is
-    one `UPDATE`, and None means there was no such customer to update.
+    creation only (new ones, unless given: a test double's seed may pin them).
+
+    With a `name`, this is one `INSERT ... ON CONFLICT DO UPDATE` on the unique
+    (organization, customer_id) index: concurrent first-time upserts leave one row
+    (and bump the organization's count in the same transaction when it inserted).
+    Without a `name` the call can only update (a new customer needs one), so it is one
+    `UPDATE`, and None means there was no such customer to update.
     """
     now = utcnow()
     changes = {name: value for name, value in fields.items() if name != "customer_id"}
@@ -315,12 +326,12 @@ def upsert_customer(organization_id: int, fields: dict[str, str | None]) -> Cust
             .returning(Customer)
         )
         return _first(query.objects(Customer).execute())
-    lago_id = uuid.uuid4()
+    lago_id = lago_id or uuid.uuid4()
     query = (
         Customer.insert(
             lago_id=lago_id,
             organization=organization_id,
-            created_at=now,
+            created_at=created_at or now,
             updated_at=now,
             **fields,
         )
@@ -383,6 +394,14 @@ def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list
         .offset((page - 1) * per_page)
     )
     return rows, total or 0
+
+
+def clear_customers() -> int:
+    """Delete every customer of every organization (a test double's reset); keys stay."""
+    with database.atomic():
+        deleted = Customer.delete().execute()
+        Organization.update(customer_count=0).execute()
+    return deleted
 
 
 def customer_exists(organization_id: int, customer_id: str) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pycountry
@@ -139,7 +139,19 @@ class CustomerSchema(Schema):
     zipcode = CustomerString()
 
 
+class SeedCustomerSchema(CustomerSchema):
+    """A customer of a test double's seed file: the API's own shape, where `lago_id` and
+    `created_at` may be given (to pin them) or left out (new ones are made)."""
+
+    lago_id = fields.UUID(load_default=None, error_messages={"invalid_uuid": INVALID})
+    created_at = fields.NaiveDateTime(
+        format="iso", timezone=UTC, load_default=None, error_messages={"invalid": INVALID}
+    )
+    name = CustomerString(required=True, mandatory=True)
+
+
 _customer_schema = CustomerSchema()
+_seed_schema = SeedCustomerSchema()
 
 
 def _reject_constant(name: str) -> Any:
@@ -171,6 +183,18 @@ def load_customer(payload: Any) -> dict[str, str | None]:
     if not isinstance(customer, dict) or not customer:
         raise BadPayload("customer is absent, empty or not an object")
     return _customer_schema.load(customer)
+
+
+def load_seed(payload: Any) -> list[dict[str, Any]]:
+    """The customers of a seed document `{"customers": [...]}`, each validated like an
+    upsert (plus optional `lago_id` and `created_at`). Raises `BadPayload` for a bad
+    envelope and `ValidationError` keyed by position for bad customers."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("customers"), list):
+        raise BadPayload('a seed is {"customers": [...]}')
+    customers = payload["customers"]
+    if not all(isinstance(customer, dict) for customer in customers):
+        raise BadPayload("every customer of a seed is an object")
+    return _seed_schema.load(customers, many=True)
 
 
 def dump_customer(row: Mapping[str, Any] | Any) -> dict[str, Any]:

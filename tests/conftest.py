@@ -12,6 +12,8 @@ from flask.testing import FlaskClient
 import models
 from app import create_app
 
+pytest_plugins = ["double"]
+
 API_KEY = "test-key-0123456789abcdef0123456789abcdef"
 
 
