@@ -1,13 +1,14 @@
-# The two commands of the README:  make run  (serve on SQLite with the dev key)
-#                                   make test (every test, on a fresh machine too)
+# The two commands of the README:  make run   (serve on SQLite with the dev key)
+#                                   make test  (every test, on a fresh machine too)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEV_API_KEY ?= dev-key-change-me
+APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint test-sqlite test-postgres servers venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian, apt-get install python3-venv"; exit 1; }
@@ -23,14 +24,28 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/python
 venv: $(VENV)/.prod
 
 run: $(VENV)/.prod
-	API_KEY="$${API_KEY:-$(DEV_API_KEY)}" $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers 2 'app:create_app()'
+	API_KEY="$${API_KEY:-$(DEV_API_KEY)}" BIND="$(HOST):$(PORT)" \
+		$(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
+
+# The real servers the tests start themselves (in temporary directories, on free ports):
+# nginx and PostgreSQL from Debian's packages, installed when missing.
+servers:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || $(APT_INSTALL) nginx-light
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| $(APT_INSTALL) postgresql
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
-	$(BIN)/pytest
+test-sqlite: $(VENV)/.dev servers
+	TEST_DATABASE=sqlite $(BIN)/pytest
+
+test-postgres: $(VENV)/.dev servers
+	TEST_DATABASE=postgresql $(BIN)/pytest
+
+# Lint, then the whole suite twice: on SQLite, and on a real PostgreSQL.
+test: lint test-sqlite test-postgres
 
 clean:
 	rm -rf $(VENV)

@@ -29,6 +29,7 @@ from werkzeug.exceptions import (
     RequestEntityTooLarge,
 )
 from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 import auth
@@ -60,6 +61,7 @@ class Settings:
     log_level: str = "INFO"
     db_timeout: float = 10.0
     sqlite_synchronous: str = "FULL"
+    trust_proxy: int = 0
 
     @classmethod
     def from_mapping(cls, source: Mapping[str, Any]) -> Settings:
@@ -79,6 +81,7 @@ class Settings:
             log_level=read("LOG_LEVEL", cls.log_level, str.upper),
             db_timeout=read("DB_TIMEOUT", cls.db_timeout, float),
             sqlite_synchronous=read("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, str.upper),
+            trust_proxy=read("TRUST_PROXY", cls.trust_proxy, int),
         )
         settings.check()
         return settings
@@ -86,6 +89,8 @@ class Settings:
     def check(self) -> None:
         if self.max_body_bytes < 1:
             raise ValueError("setting MAX_BODY_BYTES must be at least 1")
+        if self.trust_proxy < 0:
+            raise ValueError("setting TRUST_PROXY must be 0 or more")
         if self.db_timeout <= 0:
             raise ValueError("setting DB_TIMEOUT must be positive")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -291,6 +296,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False
     app.url_map.merge_slashes = False  # a customer_id may hold "//"
     app.url_map.converters["customer_id"] = CustomerIdConverter
+    if settings.trust_proxy:
+        # Only behind that many proxies of our own (nginx) are X-Forwarded-* the truth;
+        # each takes the right-most value, the one the nearest proxy added.
+        n = settings.trust_proxy
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
 
     db = models.open_database(
         settings.database_url,
@@ -388,3 +398,14 @@ def _register_commands(app: Flask) -> None:
         click.echo("revoked")
 
     app.cli.add_command(keys)
+
+    @app.cli.command("backup")
+    @click.argument("destination", type=click.Path(dir_okay=False))
+    def backup(destination: str) -> None:
+        """Copy the live SQLite database to DESTINATION (a new file), safely while the
+        service runs."""
+        try:
+            count = models.backup_sqlite(app.extensions["customers.db"], destination)
+        except (ValueError, FileExistsError, RuntimeError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"backed up {count} customers to {destination}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 import uuid
 import zlib
@@ -206,20 +207,38 @@ def is_sqlite(db: Database) -> bool:
 
 
 def create_tables(db: Database) -> None:
-    """Create what is missing, safely when many processes start at once on a new database."""
+    """Create what is missing, safely when many processes start at once on a new database.
+
+    When every table exists (any start but the very first) no DDL runs at all: on
+    PostgreSQL even `CREATE INDEX IF NOT EXISTS` locks its table, and that lock, taken
+    by a worker starting while others serve, can deadlock with their writes.
+    """
     with using(db):
         if is_sqlite(db):
             _enable_wal(db)
-            # BEGIN IMMEDIATE takes the write lock up front (waiting out the busy timeout),
-            # so concurrent starters queue instead of failing half way.
-            with db.atomic(lock_type="IMMEDIATE"):
+        if not _missing_tables(db):
+            return
+        with _schema_lock(db):
+            if _missing_tables(db):  # a peer may have created them while we waited
                 db.create_tables(TABLES, safe=True)
-        else:
-            with db.atomic():
-                # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's
-                # catalog; a transaction-scoped advisory lock serialises the starters.
-                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_id("create_tables"),))
-                db.create_tables(TABLES, safe=True)
+
+
+def _missing_tables(db: Database) -> set[str]:
+    return {model._meta.table_name for model in TABLES} - set(db.get_tables())
+
+
+@contextlib.contextmanager
+def _schema_lock(db: Database) -> Iterator[None]:
+    if is_sqlite(db):
+        # BEGIN IMMEDIATE takes the write lock up front (waiting out the busy timeout),
+        # so concurrent starters queue instead of failing half way.
+        with db.atomic(lock_type="IMMEDIATE"):
+            yield
+    else:
+        with db.atomic():
+            # A transaction-scoped advisory lock serialises the starters on every host.
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_id("create_tables"),))
+            yield
 
 
 def _enable_wal(db: Database, attempts: int = 50) -> None:
@@ -233,6 +252,27 @@ def _enable_wal(db: Database, attempts: int = 50) -> None:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.02)
+
+
+def backup_sqlite(db: Database, destination: str) -> int:
+    """Copy a live SQLite database to `destination` with SQLite's online backup API: a
+    consistent snapshot, while the service keeps writing. Returns the customers copied."""
+    if not is_sqlite(db):
+        raise ValueError("backup copies SQLite databases; for PostgreSQL use pg_dump")
+    if os.path.exists(destination):
+        raise FileExistsError(destination)
+    source = sqlite3.connect(db.database, timeout=db.connect_params.get("timeout", 10))
+    target = sqlite3.connect(destination)
+    try:
+        source.backup(target)
+        (verdict,) = target.execute("PRAGMA integrity_check").fetchone()
+        if verdict != "ok":
+            raise RuntimeError(f"backup failed its integrity check: {verdict}")
+        (count,) = target.execute("SELECT count(*) FROM customer").fetchone()
+        return count
+    finally:
+        target.close()
+        source.close()
 
 
 def _lock_id(name: str) -> int:

@@ -41,10 +41,15 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float = 30,
     chunked: bool = False,
+    host: str = "127.0.0.1",
+    source: str | None = None,
 ) -> Reply:
     """One HTTP request on a new connection; `body` is sent as JSON unless it is bytes.
-    `chunked` sends it with `Transfer-Encoding: chunked` and no `Content-Length`."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    `chunked` sends it with `Transfer-Encoding: chunked` and no `Content-Length`;
+    `source` is the loopback address to send from (127.0.0.0/8 is all ours)."""
+    conn = http.client.HTTPConnection(
+        host, port, timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         headers = dict(headers or {})
         if body is not None and not isinstance(body, bytes):
@@ -63,7 +68,8 @@ def request(
 
 @dataclass
 class Gunicorn:
-    """A real gunicorn serving `app:create_app()` from the repository, on a free port."""
+    """A real gunicorn serving `app:create_app()` from the repository with the shipped
+    gunicorn.conf.py, on a free port."""
 
     env: dict[str, str]
     workers: int = 2
@@ -80,6 +86,8 @@ class Gunicorn:
                 sys.executable,
                 "-m",
                 "gunicorn",
+                "--config",
+                str(REPO / "gunicorn.conf.py"),
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",

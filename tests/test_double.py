@@ -22,6 +22,9 @@ import double
 from app import create_app
 from tests.support import REPO, Gunicorn, request
 
+# The double always runs on its own throwaway SQLite file, whatever the suite's backend.
+pytestmark = pytest.mark.sqlite_only
+
 SEED = {
     "customers": [
         {

@@ -134,6 +134,7 @@ def _repair_the_database(app, tmp_path):
 SERVICE_UNAVAILABLE = {"status": 503, "error": "Service Unavailable"}
 
 
+@pytest.mark.sqlite_only
 def test_unreachable_database_is_503_on_health_and_on_the_api(app, client, tmp_path):
     client.post("/api/v1/customers", json=CUSTOMER, headers=auth())
     _break_the_database(app, tmp_path)

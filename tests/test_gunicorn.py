@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import API_KEY, auth
+import models
+from tests.conftest import API_KEY, auth, database_of, stored_customers
 from tests.support import Gunicorn, request
 from tests.test_read_delete import AWKWARD_IDS, path_of
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, database_url):
     env = {
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'served.db'}",
+        "DATABASE_URL": database_url,
         "API_KEY": API_KEY,
         "LOG_LEVEL": "INFO",
     }
@@ -26,18 +26,12 @@ def server(tmp_path):
         yield running
 
 
-def rows(tmp_path, customer_id=None):
-    with sqlite3.connect(tmp_path / "served.db") as conn:
-        conn.row_factory = sqlite3.Row
-        query = "SELECT * FROM customer"
-        args: tuple = ()
-        if customer_id is not None:
-            query += " WHERE customer_id = ?"
-            args = (customer_id,)
-        return [dict(row) for row in conn.execute(query, args)]
+def rows(database_url: str, customer_id: str | None = None) -> list[dict]:
+    found = stored_customers(database_url)
+    return [row for row in found if customer_id is None or row["customer_id"] == customer_id]
 
 
-def test_round_trip(server, tmp_path):
+def test_round_trip(server, database_url):
     body = {"customer": {"customer_id": "gc-1", "name": "Gavin", "country": "us"}}
     created = request(server.port, "POST", "/api/v1/customers", body, auth())
     assert created.status == 200
@@ -53,17 +47,17 @@ def test_round_trip(server, tmp_path):
     updated = request(server.port, "POST", "/api/v1/customers", update, auth())
     assert updated.status == 200
     assert updated.json()["customer"] == {**customer, "city": "Palo Alto", "country": None}
-    [row] = rows(tmp_path)
+    [row] = rows(database_url)
     assert (row["name"], row["city"], row["country"]) == ("Gavin", "Palo Alto", None)
 
 
-def test_bad_key_is_401_over_http(server, tmp_path):
+def test_bad_key_is_401_over_http(server, database_url):
     body = {"customer": {"customer_id": "gc-2", "name": "Nope"}}
     reply = request(server.port, "POST", "/api/v1/customers", body, auth("wrong-key"))
     assert reply.status == 401
     assert reply.json() == {"status": 401, "error": "Unauthorized"}
     assert reply.headers["WWW-Authenticate"] == "Bearer"
-    assert rows(tmp_path) == []
+    assert rows(database_url) == []
 
 
 def test_errors_keep_their_envelope_over_http(server):
@@ -102,7 +96,7 @@ def test_errors_keep_their_envelope_over_http(server):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_body_limit_holds_with_and_without_content_length(server, tmp_path, chunked):
+def test_body_limit_holds_with_and_without_content_length(server, database_url, chunked):
     def body_of(size: int, customer_id: str) -> bytes:
         body = json.dumps({"customer": {"customer_id": customer_id, "name": ""}}).encode()
         return body.replace(b'"name": ""', b'"name": "' + b"n" * (size - len(body)) + b'"')
@@ -127,7 +121,7 @@ def test_body_limit_holds_with_and_without_content_length(server, tmp_path, chun
         chunked=chunked,
     )
     assert ok.status == 200
-    assert [row["customer_id"] for row in rows(tmp_path)] == ["small"]
+    assert [row["customer_id"] for row in rows(database_url)] == ["small"]
 
 
 def _race(port: int, customer_id: str, writers: int) -> list:
@@ -142,18 +136,18 @@ def _race(port: int, customer_id: str, writers: int) -> list:
         return list(pool.map(upsert, range(writers)))
 
 
-def test_50_concurrent_first_time_upserts_make_one_customer(server, tmp_path):
+def test_50_concurrent_first_time_upserts_make_one_customer(server, database_url):
     for round_ in range(5):
         customer_id = f"race-{round_}"
         replies = _race(server.port, customer_id, 50)
         assert [r.status for r in replies] == [200] * 50
         lago_ids = {r.json()["customer"]["lago_id"] for r in replies}
         assert len(lago_ids) == 1
-        [row] = rows(tmp_path, customer_id)
+        [row] = rows(database_url, customer_id)
         assert row["name"] in {f"writer {n}" for n in range(50)}
     listed = request(server.port, "GET", "/api/v1/customers", headers=auth()).json()
     assert listed["meta"]["total_count"] == len(listed["customers"]) == 5
-    log = (tmp_path / "gunicorn.log").read_text()
+    log = (server.log_path).read_text()
     assert "locked" not in log
     assert "Traceback" not in log
 
@@ -164,25 +158,22 @@ def _start_app(url: str) -> None:
     create_app({"DATABASE_URL": url, "API_KEY": API_KEY})
 
 
-def test_many_processes_starting_on_a_brand_new_database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'new.db'}"
+def test_many_processes_starting_on_a_brand_new_database(database_url):
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_start_app, args=(url,)) for _ in range(8)]
+    processes = [context.Process(target=_start_app, args=(database_url,)) for _ in range(8)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(60)
     assert [p.exitcode for p in processes] == [0] * 8
-    with sqlite3.connect(tmp_path / "new.db") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        tables = {
-            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
-        assert {"organization", "api_key", "customer"} <= tables
-        assert conn.execute("SELECT count(*) FROM organization").fetchone() == (1,)
+    with database_of(database_url) as db, models.using(db):
+        assert set(db.get_tables()) == {"organization", "api_key", "customer"}
+        assert models.Organization.select().count() == 1
+        if models.is_sqlite(db):
+            assert db.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_awkward_customer_ids_round_trip_over_http(server, tmp_path):
+def test_awkward_customer_ids_round_trip_over_http(server, database_url):
     for customer_id in AWKWARD_IDS:
         body = {"customer": {"customer_id": customer_id, "name": "Awkward"}}
         created = request(server.port, "POST", "/api/v1/customers", body, auth())
@@ -199,4 +190,4 @@ def test_awkward_customer_ids_round_trip_over_http(server, tmp_path):
         assert deleted.json()["customer"]["customer_id"] == customer_id
         gone = request(server.port, "GET", path_of(customer_id), headers=auth())
         assert (gone.status, gone.json()["code"]) == (404, "customer_not_found")
-    assert rows(tmp_path) == []
+    assert rows(database_url) == []

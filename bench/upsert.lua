@@ -1,0 +1,31 @@
+-- wrk script: upserts with realistic bodies and random customer_ids from a pool, so that
+-- both inserts and updates happen. Reads API_KEY and POOL from the environment.
+local key = os.getenv("API_KEY") or "bench-key"
+local pool = tonumber(os.getenv("POOL") or "10000")
+local countries = {"US", "FR", "DE", "GB", "JP", "BR", "IN", "CA"}
+
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. key
+
+request = function()
+  local n = math.random(pool)
+  local body = string.format(
+    '{"customer":{"customer_id":"cus-%d","name":"Customer %d","address_line1":"%d Main St",' ..
+    '"address_line2":null,"city":"Springfield","country":"%s","email":"c%d@example.test",' ..
+    '"legal_name":"Customer %d LLC","legal_number":"LN-%d","logo_url":"https://example.test/%d.png",' ..
+    '"phone":"+1 555 %04d","state":"CA","url":"https://example.test/%d","zipcode":"%05d","vat_rate":20}}',
+    n, n, n, countries[n % #countries + 1], n, n, n, n, n % 10000, n, n % 100000)
+  return wrk.format(nil, "/api/v1/customers", nil, body)
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT rps=%.1f p50_ms=%.2f p99_ms=%.2f requests=%d non2xx=%d " ..
+    "connect_errors=%d read_errors=%d write_errors=%d timeouts=%d status_errors=%d\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.requests, summary.errors.status,
+    summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.timeout, summary.errors.status))
+end
