@@ -409,3 +409,17 @@ def _register_commands(app: Flask) -> None:
         except (ValueError, FileExistsError, RuntimeError) as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"backed up {count} customers to {destination}")
+
+    @app.cli.command("copy-to")
+    @click.argument("target_url")
+    def copy_to(target_url: str) -> None:
+        """Copy all data (organizations, keys, customers) into the empty database at
+        TARGET_URL, e.g. to move from SQLite to PostgreSQL."""
+        target = models.open_database(target_url)
+        try:
+            copied = models.copy_database(app.extensions["customers.db"], target)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            target.close_all()
+        click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")

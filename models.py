@@ -72,13 +72,14 @@ def deactivate(token: Token) -> None:
 
 
 @contextlib.contextmanager
-def using(db: Database) -> Iterator[Database]:
-    """Run a block against `db`, closing this thread's connection afterwards."""
+def using(db: Database, close: bool = True) -> Iterator[Database]:
+    """Run a block against `db`, then (unless `close` is False, inside a transaction that
+    goes on) hand this thread's connection back."""
     token = activate(db)
     try:
         yield db
     finally:
-        if not db.is_closed():
+        if close and not db.is_closed():
             db.close()
         deactivate(token)
 
@@ -273,6 +274,43 @@ def backup_sqlite(db: Database, destination: str) -> int:
     finally:
         target.close()
         source.close()
+
+
+def copy_database(source: Database, target: Database, batch: int = 1000) -> dict[str, int]:
+    """Copy every organization, key and customer from `source` into the empty `target`
+    (for instance SQLite to PostgreSQL), ids, `lago_id`s, dates and key hashes included,
+    in one transaction on the target. Returns the rows copied per table."""
+    create_tables(target)
+    copied = {}
+    with using(target):
+        if any(model.select().exists() for model in TABLES):
+            raise ValueError("the target database is not empty")
+    with using(target), target.atomic():
+        for model in TABLES:
+            copied[model._meta.table_name] = _copy_table(model, source, target, batch)
+        if not is_sqlite(target):
+            for model in TABLES:  # the next id after the copied ones
+                table = model._meta.table_name
+                target.execute_sql(
+                    f"SELECT setval(pg_get_serial_sequence('\"{table}\"', 'id'),"
+                    f' COALESCE((SELECT MAX(id) FROM "{table}"), 0) + 1, false)'
+                )
+    return copied
+
+
+def _copy_table(model: type[BaseModel], source: Database, target: Database, batch: int) -> int:
+    count, last_id = 0, 0
+    while True:
+        with using(source):
+            rows = list(
+                model.select().where(model.id > last_id).order_by(model.id).limit(batch).dicts()
+            )
+        if not rows:
+            return count
+        with using(target, close=False):  # inside copy_database's transaction
+            model.insert_many(rows).execute()
+        count += len(rows)
+        last_id = rows[-1]["id"]
 
 
 def _lock_id(name: str) -> int:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import API_KEY, auth, stored_customers
+from app import create_app
+from tests.conftest import API_KEY, auth, mint_key, stored_customers
 from tests.servers import Nginx
 from tests.support import REPO, Gunicorn, request
 
@@ -230,3 +231,38 @@ def test_online_backup_while_gunicorn_writes(tmp_path, database_url):
         timeout=60,
     )
     assert again.returncode != 0 and "b.db" in again.stderr  # never overwrites
+
+
+# --- Moving from SQLite to PostgreSQL -----------------------------------------------------
+
+
+@pytest.mark.postgres_only
+def test_copy_from_sqlite_to_postgres_keeps_everything(tmp_path, database_url):
+    sqlite_url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_app({"DATABASE_URL": sqlite_url, "API_KEY": API_KEY})
+    key = mint_key(old, "acme")
+    client = old.test_client()
+    made = []
+    for n in range(12):
+        body = {"customer": {"customer_id": f"c-{n}", "name": f"N{n}", "country": "de"}}
+        made.append(client.post("/api/v1/customers", json=body, headers=auth(key)).get_json())
+    client.delete("/api/v1/customers/c-3", headers=auth(key))
+
+    result = old.test_cli_runner().invoke(args=["copy-to", database_url])
+    assert result.exit_code == 0, result.output
+    assert "11 customer" in result.output
+
+    new = create_app({"DATABASE_URL": database_url, "API_KEY": API_KEY}).test_client()
+    listed = new.get("/api/v1/customers", headers=auth(key)).get_json()  # the same key works
+    expected = [m["customer"] for m in made if m["customer"]["customer_id"] != "c-3"]
+    assert sorted(listed["customers"], key=lambda c: c["customer_id"]) == sorted(
+        expected, key=lambda c: c["customer_id"]
+    )
+    assert listed["meta"]["total_count"] == 11
+    # New rows get fresh ids after the copied ones.
+    body = {"customer": {"customer_id": "after-move", "name": "New"}}
+    assert new.post("/api/v1/customers", json=body, headers=auth(key)).status_code == 200
+    assert mint_key(create_app({"DATABASE_URL": database_url}), "hooli").startswith("lk_")
+    # A second copy into the now non-empty database is refused.
+    again = old.test_cli_runner().invoke(args=["copy-to", database_url])
+    assert again.exit_code != 0 and "not empty" in again.output
