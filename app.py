@@ -205,7 +205,7 @@ def _read_body(limit: int) -> bytes:
     return request.get_data(cache=False)  # Werkzeug answers 413 past Content-Length
 
 
-def customer_response(customer: models.Customer) -> Response:
+def customer_response(customer: models.Row) -> Response:
     return jsonify(customer=schemas.dump_customer(customer))
 
 
@@ -258,7 +258,7 @@ def list_customers() -> Response:
     )
 
 
-def _found(lookup: Any, customer_id: str) -> models.Customer:
+def _found(lookup: Any, customer_id: str) -> models.Row:
     customer = None
     if schemas.is_possible_customer_id(customer_id):
         customer = lookup(g.organization_id, customer_id)

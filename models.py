@@ -9,19 +9,21 @@ one per pytest-xdist worker.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import os
 import sqlite3
+import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from peewee import (
-    EXCLUDED,
     SQL,
     AutoField,
     CharField,
@@ -37,7 +39,7 @@ from peewee import (
 from playhouse.db_url import parseresult_to_dict
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from schemas import DEFAULT_MAX_LENGTH, URL_MAX_LENGTH
+from schemas import CUSTOMER_FIELDS, DEFAULT_MAX_LENGTH, URL_MAX_LENGTH
 
 _active: ContextVar[Database] = ContextVar("customers_database")
 
@@ -181,7 +183,7 @@ def open_database(
         if path != ":memory:":
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
-        return PooledSqliteDatabase(
+        db = PooledSqliteDatabase(
             path,
             # First, so that the pragmas after it already wait for a busy file.
             pragmas=[
@@ -196,6 +198,9 @@ def open_database(
             timeout=busy_timeout,  # the pool's: how long to wait for a free connection
             **params,
         )
+        if path != ":memory:":
+            db.writers = WriterTurns(path + ".lock")
+        return db
     if scheme in ("postgres", "postgresql"):
         return PooledPostgresqlDatabase(
             params.pop("database"), max_connections=max_connections, timeout=busy_timeout, **params
@@ -222,6 +227,38 @@ def create_tables(db: Database) -> None:
         with _schema_lock(db):
             if _missing_tables(db):  # a peer may have created them while we waited
                 db.create_tables(TABLES, safe=True)
+                for statement in _COUNT_TRIGGERS["sqlite" if is_sqlite(db) else "postgresql"]:
+                    db.execute_sql(statement)
+
+
+# The database keeps each organization's customer_count in step with its customers: a
+# trigger runs in the statement that inserts or deletes one (an upsert that updates
+# fires no INSERT trigger), whoever runs it: the service, a bulk load or a copy.
+_COUNT_TRIGGERS = {
+    "sqlite": [
+        """CREATE TRIGGER customer_counted_in AFTER INSERT ON customer BEGIN
+        UPDATE organization SET customer_count = customer_count + 1
+        WHERE id = NEW.organization_id; END""",
+        """CREATE TRIGGER customer_counted_out AFTER DELETE ON customer BEGIN
+        UPDATE organization SET customer_count = customer_count - 1
+        WHERE id = OLD.organization_id; END""",
+    ],
+    "postgresql": [
+        """CREATE FUNCTION customer_count_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                UPDATE organization SET customer_count = customer_count + 1
+                WHERE id = NEW.organization_id;
+            ELSE
+                UPDATE organization SET customer_count = customer_count - 1
+                WHERE id = OLD.organization_id;
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER customer_counted AFTER INSERT OR DELETE ON customer
+        FOR EACH ROW EXECUTE FUNCTION customer_count_change()""",
+    ],
+}
 
 
 def _missing_tables(db: Database) -> set[str]:
@@ -307,6 +344,9 @@ def _copy_table(model: type[BaseModel], source: Database, target: Database, batc
             )
         if not rows:
             return count
+        if model is Organization:
+            for row in rows:
+                row["customer_count"] = 0  # the count trigger counts the copied customers
         with using(target, close=False):  # inside copy_database's transaction
             model.insert_many(rows).execute()
         count += len(rows)
@@ -337,12 +377,7 @@ def add_api_key(organization_id: int, prefix: str, key_hash: str) -> None:
 
 def find_active_key(prefix: str) -> tuple[int, str] | None:
     """(organization id, key hash) of the unrevoked key with this prefix."""
-    row = (
-        ApiKey.select(ApiKey.organization, ApiKey.key_hash)
-        .where((ApiKey.prefix == prefix) & ApiKey.revoked_at.is_null())
-        .tuples()
-        .first()
-    )
+    row = _one(_run(_statement("key", database.param), (prefix,)))
     return None if row is None else (row[0], row[1])
 
 
@@ -372,6 +407,123 @@ def revoke_api_key(prefix: str) -> bool:
 
 
 # --- Customers ------------------------------------------------------------------------
+#
+# The statements on the request path are written out as SQL, from the models' own
+# column names, once per shape, and then only executed: building the same 14-column
+# upsert through Peewee's query builder cost ~240 us of CPU a request, running it in
+# SQLite ~13 us. Rows come back as dicts keyed by field name, converted by the fields.
+
+Row = dict[str, Any]
+
+_CUSTOMER_COLUMNS = tuple(Customer._meta.sorted_fields)
+_RETURNING = ", ".join(f'"{field.column_name}"' for field in _CUSTOMER_COLUMNS)
+_BY_CUSTOMER_ID = '"organization_id" = {p} AND "customer_id" = {p}'
+
+
+def _quoted(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{column}"' for column in columns)
+
+
+@functools.lru_cache(maxsize=512)
+def _upsert_sql(param: str, columns: tuple[str, ...]) -> str:
+    inserted = ("lago_id", "organization_id", "created_at", "updated_at", *columns)
+    updated = ("updated_at", *(column for column in columns if column != "customer_id"))
+    return (
+        f'INSERT INTO "customer" ({_quoted(inserted)})'
+        f" VALUES ({', '.join([param] * len(inserted))})"
+        ' ON CONFLICT ("organization_id", "customer_id") DO UPDATE SET '
+        + ", ".join(f'"{column}" = excluded."{column}"' for column in updated)
+        + f" RETURNING {_RETURNING}"
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _update_sql(param: str, columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f'"{column}" = {param}' for column in ("updated_at", *columns))
+    return (
+        f'UPDATE "customer" SET {assignments}'
+        f" WHERE {_BY_CUSTOMER_ID.format(p=param)} RETURNING {_RETURNING}"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _statement(name: str, param: str) -> str:
+    where = _BY_CUSTOMER_ID.format(p=param)
+    return {
+        "get": f'SELECT {_RETURNING} FROM "customer" WHERE {where}',
+        "delete": f'DELETE FROM "customer" WHERE {where} RETURNING {_RETURNING}',
+        "key": f'SELECT "organization_id", "key_hash" FROM "api_key"'
+        f' WHERE "prefix" = {param} AND "revoked_at" IS NULL',
+    }[name]
+
+
+def _run(sql: str, params: Sequence[Any]) -> list[tuple]:
+    # Every row is fetched: SQLite finishes (and, outside a transaction, commits) a
+    # statement with RETURNING only once it has been stepped to the end.
+    cursor = database.execute_sql(sql, params)
+    try:
+        return cursor.fetchall() if cursor.description is not None else []
+    finally:
+        cursor.close()
+
+
+def _write(sql: str, params: Sequence[Any]) -> list[tuple]:
+    """Run one writing statement (its own transaction), taking turns with the other
+    writers of an SQLite file first."""
+    writers = getattr(database, "writers", None)
+    # Inside a longer transaction this connection may hold SQLite's lock already: taking
+    # the turn now could leave a peer holding the turn and waiting for that lock.
+    if writers is None or database.in_transaction():
+        return _run(sql, params)
+    with writers:
+        return _run(sql, params)
+
+
+class WriterTurns:
+    """Writers of one SQLite file, in any thread of any process, take turns on an flock.
+
+    SQLite lets one writer in at a time; one that finds the file busy sleeps and
+    retries (1 ms, 2 ms, 5 ms, ...), long after the other has finished its ~50 us write.
+    Queuing on a lock file instead wakes the next writer the moment the file is free:
+    +17% upserts/s and a lower p99 with two gunicorn workers (bench/). The lock file
+    (`<database>.lock`) is empty and needs no backup.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._threads = threading.Lock()  # flock does not separate threads of a process
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._pid != os.getpid():  # opened after gunicorn forks, once per process
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+def _customer_row(values: tuple | None) -> Row | None:
+    if values is None:
+        return None
+    return {
+        field.name: field.python_value(v)
+        for field, v in zip(_CUSTOMER_COLUMNS, values, strict=True)
+    }
+
+
+def _one(rows: list[tuple]) -> tuple | None:
+    return rows[0] if rows else None
 
 
 def upsert_customer(
@@ -380,7 +532,7 @@ def upsert_customer(
     *,
     lago_id: uuid.UUID | None = None,
     created_at: datetime | None = None,
-) -> Customer | None:
+) -> Row | None:
     """Create or update the organization's customer `fields["customer_id"]` atomically.
 
     Only the keys present in `fields` are written; `lago_id` and `created_at` are set on
@@ -388,75 +540,43 @@ def upsert_customer(
 
     With a `name`, this is one `INSERT ... ON CONFLICT DO UPDATE` on the unique
     (organization, customer_id) index: concurrent first-time upserts leave one row
-    (and bump the organization's count in the same transaction when it inserted).
+    (the count trigger fires when it inserted).
     Without a `name` the call can only update (a new customer needs one), so it is one
     `UPDATE`, and None means there was no such customer to update.
     """
-    now = utcnow()
-    changes = {name: value for name, value in fields.items() if name != "customer_id"}
+    now = Customer.updated_at.db_value(utcnow())
+    param = database.param
     if "name" not in fields:
-        query = (
-            Customer.update(updated_at=now, **changes)
-            .where(
-                (Customer.organization == organization_id)
-                & (Customer.customer_id == fields["customer_id"])
-            )
-            .returning(Customer)
+        columns = tuple(
+            name for name in CUSTOMER_FIELDS if name in fields and name != "customer_id"
         )
-        return _first(query.objects(Customer).execute())
+        params = [now, *(fields[c] for c in columns), organization_id, fields["customer_id"]]
+        return _customer_row(_one(_write(_update_sql(param, columns), params)))
+    columns = tuple(name for name in CUSTOMER_FIELDS if name in fields)
     lago_id = lago_id or uuid.uuid4()
-    query = (
-        Customer.insert(
-            lago_id=lago_id,
-            organization=organization_id,
-            created_at=created_at or now,
-            updated_at=now,
-            **fields,
-        )
-        .on_conflict(
-            conflict_target=(Customer.organization, Customer.customer_id),
-            update={
-                Customer.updated_at: EXCLUDED.updated_at,
-                **{getattr(Customer, name): getattr(EXCLUDED, name) for name in changes},
-            },
-        )
-        .returning(Customer)
-    )
-    with database.atomic():
-        customer = _first(query.objects(Customer).execute())
-        if customer.lago_id == lago_id:  # inserted, not updated
-            _count_customers(organization_id, +1)
-    return customer
+    params = [
+        Customer.lago_id.db_value(lago_id),
+        organization_id,
+        Customer.created_at.db_value(created_at) if created_at else now,
+        now,
+        *(fields[c] for c in columns),
+    ]
+    return _customer_row(_one(_write(_upsert_sql(param, columns), params)))
 
 
-def _count_customers(organization_id: int, change: int) -> None:
-    Organization.update(customer_count=Organization.customer_count + change).where(
-        Organization.id == organization_id
-    ).execute()
-
-
-def get_customer(organization_id: int, customer_id: str) -> Customer | None:
+def get_customer(organization_id: int, customer_id: str) -> Row | None:
     """The organization's customer, found through the unique (organization, customer_id) index."""
-    return Customer.get_or_none(
-        (Customer.organization == organization_id) & (Customer.customer_id == customer_id)
-    )
+    rows = _run(_statement("get", database.param), (organization_id, customer_id))
+    return _customer_row(_one(rows))
 
 
-def delete_customer(organization_id: int, customer_id: str) -> Customer | None:
+def delete_customer(organization_id: int, customer_id: str) -> Row | None:
     """Delete the organization's customer in one statement; return it as it was, or None."""
-    query = (
-        Customer.delete()
-        .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
-        .returning(Customer)
-    )
-    with database.atomic():
-        customer = _first(query.objects(Customer).execute())
-        if customer is not None:
-            _count_customers(organization_id, -1)
-    return customer
+    rows = _write(_statement("delete", database.param), (organization_id, customer_id))
+    return _customer_row(_one(rows))
 
 
-def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Customer], int]:
+def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Row], int]:
     """One page of the organization's customers, newest first then `lago_id` ascending
     (the order of the list index), and how many the organization has in all."""
     total = (
@@ -470,16 +590,14 @@ def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list
         .order_by(Customer.created_at.desc(), Customer.lago_id)
         .limit(per_page)
         .offset((page - 1) * per_page)
+        .dicts()
     )
     return rows, total or 0
 
 
 def clear_customers() -> int:
     """Delete every customer of every organization (a test double's reset); keys stay."""
-    with database.atomic():
-        deleted = Customer.delete().execute()
-        Organization.update(customer_count=0).execute()
-    return deleted
+    return Customer.delete().execute()  # the trigger brings every count to 0
 
 
 def customer_exists(organization_id: int, customer_id: str) -> bool:
@@ -488,9 +606,3 @@ def customer_exists(organization_id: int, customer_id: str) -> bool:
         .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
         .exists()
     )
-
-
-def _first(cursor: Any) -> Any:
-    for row in cursor:
-        return row
-    return None

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+import schemas
 from tests.conftest import auth, stored_customers
 
 SEED = {
@@ -191,6 +192,12 @@ def test_text_is_stored_exactly_as_sent(client, app):
     assert response.get_json()["customer"]["name"] == name
     assert stored_customers(app)[0]["name"] == name
     assert stored_customers(app)[0]["customer_id"] == "ü/ß?#%"
+
+
+def test_the_written_out_dump_matches_the_schema(client, app):
+    created = post(client, {**SEED, "address_line2": "Suite 5", "zipcode": 12}).get_json()
+    [row] = stored_customers(app)
+    assert schemas.dump_customer(row) == schemas.CustomerSchema().dump(row) == created["customer"]
 
 
 # --- Field rules --------------------------------------------------------------------------
