@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ ERROR_TITLES = {
     413: "Payload Too Large",
     422: "Unprocessable entity",
 }
+
+# What a database that cannot be reached, or cannot write, raises (answered 503).
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,200}")
 
@@ -133,6 +137,7 @@ def handle_http_error(exc: HTTPException) -> Response:
 
 def handle_database_error(exc: Exception) -> Response:
     log.error("database unavailable: %s", exc)
+    g.database_failed = True  # teardown drops this connection instead of pooling it
     return error_response(ApiError(503))
 
 
@@ -307,27 +312,59 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         busy_timeout=settings.db_timeout,
         synchronous=settings.sqlite_synchronous,
     )
-    models.create_tables(db)
-    with models.using(db):
-        default_org = (
-            models.ensure_organization(models.DEFAULT_ORGANIZATION) if settings.api_key else None
-        )
+    checker = auth.KeyChecker(settings.api_key)
+    prepare = DatabasePreparation(db, checker, settings.api_key is not None)
+    try:
+        prepare()
+    except DATABASE_ERRORS as exc:
+        log.warning("database unavailable at start (%s); trying again on each request", exc)
     app.extensions["customers.db"] = db
-    app.extensions["customers.keys"] = auth.KeyChecker(settings.api_key, default_org)
+    app.extensions["customers.keys"] = checker
 
-    _register_hooks(app, db)
+    _register_hooks(app, db, prepare)
     _register_errors(app)
     _register_routes(app)
     _register_commands(app)
     return app
 
 
-def _register_hooks(app: Flask, db: Any) -> None:
+class DatabasePreparation:
+    """Creates missing tables, and the organization of the `API_KEY` setting.
+
+    Run at start; if the database cannot be reached then, run again by every request
+    until it succeeds. A worker that boots during a database outage (a restart, a
+    recycled worker) then answers 503 until the database is back, instead of failing to
+    boot, which makes gunicorn stop the whole service.
+    """
+
+    def __init__(self, db: Any, checker: auth.KeyChecker, default_organization: bool):
+        self.db = db
+        self.checker = checker
+        self.default_organization = default_organization
+        self.done = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if self.done:
+                return
+            models.create_tables(self.db)
+            if self.default_organization:
+                with models.using(self.db):
+                    organization_id = models.ensure_organization(models.DEFAULT_ORGANIZATION)
+                self.checker.default_organization_id = organization_id
+            self.done = True
+
+
+def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
     @app.before_request
     def start_request() -> None:
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.db_token = models.activate(db)
+        prepare()
 
     @app.after_request
     def stamp_request_id(response: Response) -> Response:
@@ -337,7 +374,12 @@ def _register_hooks(app: Flask, db: Any) -> None:
     @app.teardown_request
     def end_request(exc: BaseException | None) -> None:
         if not db.is_closed():
-            db.close()
+            if g.get("database_failed"):
+                # A connection that met a fault (a restarted server, a file it could not
+                # write) is not trusted again: the next request opens a fresh one.
+                db.manual_close()
+            else:
+                db.close()
         token = g.pop("db_token", None)
         if token is not None:
             models.deactivate(token)
@@ -345,8 +387,8 @@ def _register_hooks(app: Flask, db: Any) -> None:
 
 def _register_errors(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
-    app.register_error_handler(OperationalError, handle_database_error)
-    app.register_error_handler(InterfaceError, handle_database_error)
+    for error in DATABASE_ERRORS:
+        app.register_error_handler(error, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected_error)
 
 

@@ -75,14 +75,14 @@ class KeyChecker:
     hash in memory (the `API_KEY` setting).
     """
 
-    def __init__(self, env_key: str | None, default_organization_id: int | None):
+    def __init__(self, env_key: str | None, default_organization_id: int | None = None):
         self._env_hash = hash_key(env_key) if env_key else None
-        self._default_organization_id = default_organization_id
+        self.default_organization_id = default_organization_id
 
     def organization_for(self, key: str) -> int | None:
         presented = hash_key(key)
         if self._env_hash is not None and hmac.compare_digest(presented, self._env_hash):
-            return self._default_organization_id
+            return self.default_organization_id
         if not _MINTED_KEY.fullmatch(key):
             return None
         found = models.find_active_key(key_prefix(key))

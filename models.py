@@ -36,6 +36,7 @@ from peewee import (
     OperationalError,
     UUIDField,
 )
+from peewee import __exception_wrapper__ as driver_errors
 from playhouse.db_url import parseresult_to_dict
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
@@ -357,9 +358,18 @@ def _lock_id(name: str) -> int:
     return zlib.crc32(f"customers:{name}".encode())
 
 
+# Written by the SQLite health probe: a constant in the file header, so the probe is a
+# real (tiny) write that fails when the disk is full or the file read-only.
+_APPLICATION_ID = 0x4C41474F  # "LAGO"
+
+
 def ping() -> None:
-    """Raise if the database does not answer."""
-    database.execute_sql("SELECT 1").fetchone()
+    """Raise if the database cannot serve requests. On SQLite that includes writing: a
+    full disk or a read-only file leave reads working but every upsert failing."""
+    if is_sqlite(_active.get()):
+        _write(f"PRAGMA application_id = {_APPLICATION_ID}", ())
+    else:
+        _run("SELECT 1", ())
 
 
 # --- Organizations and keys -------------------------------------------------------------
@@ -462,7 +472,10 @@ def _run(sql: str, params: Sequence[Any]) -> list[tuple]:
     # statement with RETURNING only once it has been stepped to the end.
     cursor = database.execute_sql(sql, params)
     try:
-        return cursor.fetchall() if cursor.description is not None else []
+        # SQLite may fail only now (a full disk shows when the statement completes):
+        # translate the driver's error into peewee's, as execute_sql does.
+        with driver_errors:
+            return cursor.fetchall() if cursor.description is not None else []
     finally:
         cursor.close()
 

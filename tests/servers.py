@@ -66,8 +66,14 @@ class PostgresServer:
             capture_output=True,
             **self._run_as(),
         )
-        log = open(self.workdir / "postgres.log", "ab")  # noqa: SIM115 - closed in stop()
-        self._log = log
+        self._log = open(self.workdir / "postgres.log", "ab")  # closed in stop()
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start postgres on the cluster (again, after `stop_server`)."""
+        data = self.workdir / "data"
+        log = self._log
         self.process = subprocess.Popen(
             [
                 f"{self.bindir}/postgres",
@@ -87,7 +93,16 @@ class PostgresServer:
             **self._run_as(),
         )
         self._wait_ready()
-        return self
+
+    def stop_server(self) -> None:
+        """Stop postgres (a fast shutdown: sessions are cut), keeping the cluster."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def _wait_ready(self, timeout: float = 30) -> None:
         import psycopg2
@@ -129,13 +144,7 @@ class PostgresServer:
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.stop_server()
         if getattr(self, "_log", None):
             self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -78,7 +78,8 @@ class Gunicorn:
     process: subprocess.Popen | None = None
     _log: Any = None
 
-    def start(self, timeout: float = 30) -> Gunicorn:
+    def start(self, timeout: float = 30, healthy: bool = True) -> Gunicorn:
+        """Start and wait until /health answers 200 (or, not `healthy`, answers at all)."""
         self._log = open(self.log_path, "ab") if self.log_path else None
         log = self._log or subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -98,13 +99,15 @@ class Gunicorn:
             env={**os.environ, **self.env},
             stdout=log,
             stderr=log,
+            start_new_session=True,  # so that kill() reaches the master and every worker
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}")
             try:
-                if request(self.port, "GET", "/health", timeout=2).status == 200:
+                status = request(self.port, "GET", "/health", timeout=2).status
+                if status == 200 or not healthy:
                     return self
             except OSError:
                 pass
@@ -123,6 +126,12 @@ class Gunicorn:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once: a crash, not a shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def __enter__(self) -> Gunicorn:
         return self.start()
