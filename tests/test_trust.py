@@ -70,8 +70,12 @@ def test_racing_writers_leave_one_row_each_never_mixed(tmp_path, database_url):
 
         with ThreadPoolExecutor(writers) as pool:
             replies = [r for batch in pool.map(writer, range(writers)) for r in batch]
+        refused = request(server.port, "POST", "/api/v1/customers", {}, auth("lk_" + "x" * 43))
+        assert refused.status == 401
 
     assert [r.status for r in replies] == [200] * len(replies)
+    log = (tmp_path / "race.log").read_text()
+    assert API_KEY not in log and "lk_" + "x" * 43 not in log  # keys never logged
     lago_ids: dict[str, set[str]] = {}
     for reply in replies:
         customer = reply.json()["customer"]
@@ -207,6 +211,36 @@ def test_disk_full_is_503_and_heals_when_space_returns(tmp_path):
         assert ids == {"before", "after"}  # nothing half-written from the failed ones
         with contextlib.closing(sqlite3.connect(fs / "customers.db")) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.sqlite_only
+def test_read_only_storage_is_503_and_heals_when_writable_again(tmp_path):
+    # Linux will not make a filesystem read-only while files on it are open for writing
+    # (the service's pooled connections), so the fault is in place when the service
+    # starts; it must serve 503s, then heal by itself once the storage is writable.
+    with small_filesystem(tmp_path / "fs") as fs:
+        url = f"sqlite:///{fs / 'customers.db'}"
+        env = {"DATABASE_URL": url, "API_KEY": API_KEY}
+        with Gunicorn(env, workers=1, log_path=tmp_path / "setup.log") as server:
+            body = writer_body("before", "v1", "US")
+            assert request(server.port, "POST", "/api/v1/customers", body, auth()).status == 200
+        subprocess.run(["mount", "-o", "remount,ro", str(fs)], check=True)
+        try:
+            server = Gunicorn(env, workers=2, log_path=tmp_path / "ro.log").start(healthy=False)
+            for n in range(6):
+                body = writer_body(f"ro-{n}", "v1", "US")
+                assert_unavailable(request(server.port, "POST", "/api/v1/customers", body, auth()))
+            assert_unavailable(request(server.port, "GET", "/health"))
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(fs)], check=True)
+        try:
+            wait_healthy(server.port)
+            body = writer_body("after", "v2", "US")
+            assert request(server.port, "POST", "/api/v1/customers", body, auth()).status == 200
+        finally:
+            server.stop()
+        ids = {row["customer_id"] for row in stored_customers(url)}
+        assert ids == {"before", "after"}
 
 
 @pytest.mark.postgres_only
