@@ -8,7 +8,7 @@ PORT ?= 8000
 DEV_API_KEY ?= dev-key-change-me
 APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: run test lint test-sqlite test-postgres servers venv clean
+.PHONY: run test lint test-sqlite test-postgres servers venv clean bench bench-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian, apt-get install python3-venv"; exit 1; }
@@ -46,6 +46,18 @@ test-postgres: $(VENV)/.dev servers
 
 # Lint, then the whole suite twice: on SQLite, and on a real PostgreSQL.
 test: lint test-sqlite test-postgres
+
+$(VENV)/.bench: requirements.txt requirements-bench.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# The benchmark (bench/run.py): the service against its floor, on 127.0.0.1, bounded in
+# time. `bench` takes about 5 minutes and rewrites bench/results.md and bench/results.png.
+bench: $(VENV)/.bench
+	$(BIN)/python bench/run.py
+
+bench-smoke: $(VENV)/.prod
+	$(BIN)/python bench/run.py --smoke
 
 clean:
 	rm -rf $(VENV)

@@ -8,11 +8,14 @@ import os
 # Where to listen. Behind nginx on the same host, loopback only.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
-# Sync workers, one per core. Measured on SQLite on a 2-core machine with wrk, 16
-# connections of upserts (bench/upsert.lua), 8 s each: 2 sync workers 876 req/s (p99
-# 29 ms); 3 workers 761 (p99 56 ms); 4 workers 740 (p99 98 ms); 2 workers x 4 threads
-# 675 (p99 322 ms). The work is CPU-bound Python and SQLite takes one writer at a time,
-# so more processes than cores, or threads, only add contention.
+# Sync workers, one per core. Measured on this 2-core machine with wrk on the same cores,
+# 16 connections of upserts (bench/upsert.lua), SQLite, 8 s each. Before the upsert was
+# made cheap: 2 workers 876 req/s (p99 29 ms), 3 workers 761 (p99 56 ms), 4 workers 740
+# (p99 98 ms), 2 workers x 4 threads 675 (p99 322 ms). Now, with SQLITE_SYNCHRONOUS=NORMAL:
+# 2 workers 2328 req/s (p99 15 ms), 3 workers 2338 (p99 14 ms); with FULL, 3 workers
+# 1789 and 4 workers 1695 against 2 workers' ~1500-1850. The work is CPU-bound Python
+# and SQLite lets one writer in at a time, so more processes than cores buy nothing
+# reliable, and threads only add contention.
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
 worker_class = os.environ.get("WORKER_CLASS", "sync")
 threads = int(os.environ.get("THREADS", "1"))

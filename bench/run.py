@@ -1,0 +1,287 @@
+"""The benchmark: the service against its floor, side by side, in one run.
+
+    make bench         # the full run (about 4 minutes), writes bench/results.md and .png
+    make bench-smoke   # a few seconds a profile, no scale runs: proves the bench still runs
+
+Everything talks to 127.0.0.1 only and every profile is bounded in time. The service
+runs under the project's own gunicorn.conf.py on SQLite, a fresh database per profile;
+the floor (bench/floor.py: parse the JSON body, answer a fixed 200) under the same
+settings. wrk drives both (Debian's package; installed when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+KEY = "bench-key-0123456789"
+
+
+@dataclass
+class Result:
+    profile: str
+    target: str
+    connections: int
+    rps: float
+    p50: float
+    p99: float
+    errors: int
+    rss_mb: list[float] = field(default_factory=list)
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk",
+        shell=True,
+        check=True,
+    )
+    return shutil.which("wrk") or "wrk"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """gunicorn with the project's config, serving the service or the floor."""
+
+    def __init__(self, app: str, workdir: Path, env: dict[str, str]):
+        self.port = free_port()
+        self.log = open(workdir / f"{app.split(':')[0]}-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"), app],
+            cwd=REPO,
+            env={**os.environ, **env, "BIND": f"127.0.0.1:{self.port}"},
+            stdout=self.log,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
+                    return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{app} did not start") from None
+                time.sleep(0.1)
+
+    def worker_rss_mb(self) -> list[float]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        sizes = []
+        for pid in children.read_text().split():
+            status = Path(f"/proc/{pid}/status").read_text()
+            sizes.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024)
+        return sorted(sizes)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+
+
+def wrk(port: int, script: str, connections: int, seconds: float, env: dict) -> dict:
+    threads = 1 if connections == 1 else 2
+    output = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(BENCH / script),
+            f"http://127.0.0.1:{port}",
+        ],
+        env={**os.environ, "API_KEY": KEY, **env},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith("RESULT"))
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+
+
+def bulk_load(path: Path, count: int) -> None:
+    """`count` customers of the default organization straight into SQLite (not through
+    the API); the count trigger keeps the organization's total."""
+    start = datetime.datetime(2020, 1, 1)
+    with sqlite3.connect(path) as conn:
+        (org,) = conn.execute("SELECT id FROM organization WHERE name = 'default'").fetchone()
+        conn.executemany(
+            "INSERT INTO customer (lago_id, organization_id, customer_id, name, country,"
+            " city, created_at, updated_at) VALUES (?, ?, ?, ?, 'US', 'Springfield', ?, ?)",
+            (
+                (
+                    uuid.uuid4().hex,
+                    org,
+                    f"cus-{n}",
+                    f"Customer {n}",
+                    (at := (start + datetime.timedelta(seconds=n // 10)).isoformat(" ")),
+                    at,
+                )
+                for n in range(count)
+            ),
+        )
+
+
+def service_env(db: Path) -> dict[str, str]:
+    return {"DATABASE_URL": f"sqlite:///{db}", "API_KEY": KEY, "LOG_LEVEL": "WARNING"}
+
+
+def run_profile(
+    name: str, app: str, script: str, connections: int, seconds: float, stored: int, env: dict
+) -> Result:
+    with tempfile.TemporaryDirectory(prefix="customers-bench-") as tmp:
+        workdir = Path(tmp)
+        db = workdir / "bench.db"
+        server_env = {**service_env(db), **env}
+        if app.startswith("app:") and stored:
+            # Create the schema, load the rows, then serve them.
+            subprocess.run(
+                [sys.executable, "-c", "import app; app.create_app()"],
+                cwd=REPO,
+                env={**os.environ, **server_env},
+                check=True,
+            )
+            bulk_load(db, stored)
+        server = Server(app, workdir, server_env)
+        try:
+            pool = {"POOL": str(max(stored, 10_000))}
+            wrk(server.port, script, connections, min(2, seconds), {**pool, **env})  # warm up
+            figures = wrk(server.port, script, connections, seconds, {**pool, **env})
+            rss = server.worker_rss_mb()
+        finally:
+            server.stop()
+    errors = sum(int(figures[k]) for k in figures if k.endswith("errors") or k == "timeouts")
+    target = "floor" if app.startswith("bench.") else "service"
+    return Result(
+        name, target, connections, figures["rps"], figures["p50_ms"], figures["p99_ms"], errors, rss
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes; no scale")
+    parser.add_argument("--seconds", type=float, default=10, help="per profile")
+    args = parser.parse_args()
+    ensure_wrk()
+    seconds = 2 if args.smoke else args.seconds
+    service, floor = "app:create_app()", "bench.floor:app"
+    plan = [
+        ("upsert, 1 conn", floor, "upsert.lua", 1, 0, {}),
+        ("upsert, 1 conn", service, "upsert.lua", 1, 0, {}),
+        ("upsert, 16 conns", floor, "upsert.lua", 16, 0, {}),
+        ("upsert, 16 conns", service, "upsert.lua", 16, 0, {}),
+        ("mixed, 16 conns", service, "read.lua", 16, 10_000, {"MODE": "mixed"}),
+    ]
+    sizes = [200] if args.smoke else [10_000, 1_000_000]
+    for size in sizes:
+        plan += [
+            (f"upsert, {size:,} stored", service, "upsert.lua", 16, size, {}),
+            (f"list p1, {size:,} stored", service, "read.lua", 1, size, {"MODE": "list"}),
+        ]
+    plan.append(
+        ("upsert, 16 conns, NORMAL", service, "upsert.lua", 16, 0, {"SQLITE_SYNCHRONOUS": "NORMAL"})
+    )
+    results = []
+    for name, app, script, connections, stored, env in plan:
+        result = run_profile(name, app, script, connections, seconds, stored, env)
+        results.append(result)
+        print(
+            f"{result.profile:<28} {result.target:<8} {result.rps:>9.1f} req/s"
+            f"  p50 {result.p50:6.2f} ms  p99 {result.p99:6.2f} ms  errors {result.errors}"
+            f"  worker RSS {', '.join(f'{mb:.0f}' for mb in result.rss_mb)} MB",
+            flush=True,
+        )
+    report(results, args.smoke)
+
+
+def report(results: list[Result], smoke: bool) -> None:
+    by = {(r.profile, r.target): r for r in results}
+    lines = [
+        f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
+        f"gunicorn.conf.py on SQLite (SQLITE_SYNCHRONOUS=FULL unless named).",
+        "",
+        "| profile | target | req/s | p50 ms | p99 ms | errors | worker RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rss = ", ".join(f"{mb:.0f}" for mb in r.rss_mb)
+        lines.append(
+            f"| {r.profile} | {r.target} | {r.rps:.0f} | {r.p50:.2f} | {r.p99:.2f} |"
+            f" {r.errors} | {rss} |"
+        )
+    lines.append("")
+    for profile in ("upsert, 1 conn", "upsert, 16 conns"):
+        s, f = by[(profile, "service")], by[(profile, "floor")]
+        lines.append(
+            f"- {profile}: service/floor {s.rps / f.rps:.2f}x req/s, p99 {s.p99 / f.p99:.2f}x"
+        )
+    normal = by[("upsert, 16 conns, NORMAL", "service")]
+    floor16 = by[("upsert, 16 conns", "floor")]
+    lines.append(
+        f"- upsert, 16 conns, NORMAL: service/floor {normal.rps / floor16.rps:.2f}x req/s,"
+        f" p99 {normal.p99 / floor16.p99:.2f}x"
+    )
+    if not smoke:
+        small, big = (
+            by[("upsert, 10,000 stored", "service")],
+            by[("upsert, 1,000,000 stored", "service")],
+        )
+        lines.append(f"- upserts at 1,000,000 vs 10,000 stored: {big.rps / small.rps:.2f}x req/s")
+        listed = by[("list p1, 1,000,000 stored", "service")]
+        lines.append(f"- list p1 at 1,000,000 stored, 1 conn: p50 {listed.p50:.2f} ms")
+    lines.append(f"- largest worker RSS: {max(mb for r in results for mb in r.rss_mb):.0f} MB")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if not smoke:
+        (BENCH / "results.md").write_text(text)
+        plot(results)
+
+
+def plot(results: list[Result]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.profile}\n({r.target})" for r in results]
+    colors = ["#999999" if r.target == "floor" else "#2b6cb0" for r in results]
+    figure, (rps_axis, p99_axis) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
+    rps_axis.bar(labels, [r.rps for r in results], color=colors)
+    rps_axis.set_ylabel("requests/s")
+    p99_axis.bar(labels, [r.p99 for r in results], color=colors)
+    p99_axis.set_ylabel("p99 latency (ms)")
+    p99_axis.tick_params(axis="x", labelrotation=60, labelsize=8)
+    figure.suptitle(
+        f"customers service vs floor (grey), {datetime.date.today()}, {os.cpu_count()} cores"
+    )
+    figure.tight_layout()
+    figure.savefig(BENCH / "results.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()
