@@ -35,6 +35,7 @@ from werkzeug.routing import BaseConverter
 
 import auth
 import models
+import openapi
 import schemas
 
 log = logging.getLogger("customers")
@@ -215,6 +216,10 @@ def customer_response(customer: models.Row) -> Response:
 
 
 # --- Routes -----------------------------------------------------------------------------
+
+
+def openapi_document() -> Response:
+    return jsonify(openapi.document())
 
 
 def health() -> Response | tuple[Response, int]:
@@ -398,6 +403,7 @@ def _register_routes(app: Flask) -> None:
         app.add_url_rule(rule, view_func=view, methods=methods, provide_automatic_options=False)
 
     route("/health", health, "GET")
+    route("/api/v1/openapi.json", openapi_document, "GET")
     route("/api/v1/customers", upsert_customer, "POST")
     route("/api/v1/customers", list_customers, "GET")
     route("/api/v1/customers/<customer_id:customer_id>", get_customer, "GET")

@@ -34,7 +34,7 @@ MAX_PER_PAGE = 1000
 # which are not characters at all and cannot be stored as UTF-8.
 _FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
-_COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
+COUNTRY_CODES = frozenset(country.alpha_2 for country in pycountry.countries)
 
 CUSTOMER_FIELDS = (
     "customer_id",
@@ -101,7 +101,7 @@ class CountryCode(CustomerString):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs) -> str:
         code = super()._deserialize(value, attr, data, **kwargs).upper()
-        if code not in _COUNTRY_CODES:
+        if code not in COUNTRY_CODES:
             raise self.make_error("not_a_country")
         return code
 
