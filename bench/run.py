@@ -114,7 +114,7 @@ def wrk(port: int, script: str, connections: int, seconds: float, env: dict) -> 
             str(BENCH / script),
             f"http://127.0.0.1:{port}",
         ],
-        env={**os.environ, "API_KEY": KEY, **env},
+        env={**os.environ, "API_KEY": KEY, "BENCH_DIR": str(BENCH), **env},
         capture_output=True,
         text=True,
         timeout=seconds + 60,

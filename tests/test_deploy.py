@@ -184,6 +184,18 @@ def test_two_gunicorn_hosts_race_first_time_upserts_on_one_postgres(tmp_path, da
 # --- Backing up SQLite while the service writes -------------------------------------------
 
 
+def flask_command(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`flask --app app ...` as an operator runs it, with these settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.sqlite_only
 def test_online_backup_while_gunicorn_writes(tmp_path, database_url):
     env = {"DATABASE_URL": database_url, "API_KEY": API_KEY}
@@ -205,14 +217,7 @@ def test_online_backup_while_gunicorn_writes(tmp_path, database_url):
             while len(acknowledged) < 50:
                 time.sleep(0.01)
             before = set(acknowledged)
-            result = subprocess.run(
-                [sys.executable, "-m", "flask", "--app", "app", "backup", str(tmp_path / "b.db")],
-                cwd=REPO,
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = flask_command(env, "backup", str(tmp_path / "b.db"))
         finally:
             stop.set()
             writer.join()
@@ -222,14 +227,7 @@ def test_online_backup_while_gunicorn_writes(tmp_path, database_url):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         saved = {row[0] for row in conn.execute("SELECT customer_id FROM customer")}
     assert before <= saved  # everything acknowledged before the backup is in it
-    again = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "app", "backup", str(tmp_path / "b.db")],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = flask_command(env, "backup", str(tmp_path / "b.db"))
     assert again.returncode != 0 and "b.db" in again.stderr  # never overwrites
 
 
