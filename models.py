@@ -102,8 +102,8 @@ class Organization(BaseModel):
     id = AutoField()
     name = CharField(max_length=DEFAULT_MAX_LENGTH, unique=True)
     created_at = DateTimeField(default=utcnow)
-    # Kept in step with the organization's customers in the same transaction as every
-    # insert and delete, so that the list's total_count does not cost a scan of them.
+    # Kept in step with the organization's customers by triggers (_COUNT_TRIGGERS), so
+    # that the list's total_count does not cost a scan of them.
     customer_count = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
 
@@ -287,9 +287,9 @@ def _enable_wal(db: Database, attempts: int = 50) -> None:
         try:
             db.execute_sql("PRAGMA journal_mode=WAL")
             return
-        except OperationalError:
-            if attempt == attempts - 1:
-                raise
+        except OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise  # a read-only or missing file: no use waiting
             time.sleep(0.02)
 
 
