@@ -222,7 +222,7 @@ def openapi_document() -> Response:
     return jsonify(openapi.document())
 
 
-def health() -> Response | tuple[Response, int]:
+def health() -> Response:
     models.ping()
     return jsonify(status="ok")
 

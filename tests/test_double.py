@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -299,7 +298,6 @@ def readme_recipe(name: str) -> str:
 
 def test_readme_shell_recipe(tmp_path):
     (tmp_path / "seed.json").write_text(json.dumps(SEED))
-    began = time.monotonic()
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", readme_recipe("shell")],
         cwd=tmp_path,
@@ -311,7 +309,6 @@ def test_readme_shell_recipe(tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"customer_id":"seeded-1"' in result.stdout
     assert leftovers(tmp_path) == []
-    assert time.monotonic() - began < 60
 
 
 def test_readme_pytest_recipe(tmp_path):

@@ -128,8 +128,7 @@ def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path, database_url):
         for thread in threads:
             thread.join()
         server.stop()
-    writes = sum(1 for _ in acked)
-    assert writes >= 100
+    assert len(acked) >= 100  # the kill came under real load
 
     if BACKEND == "sqlite":
         path = database_url.removeprefix("sqlite:///")
