@@ -132,10 +132,6 @@ def error_response(exc: HTTPException) -> Response:
     return response
 
 
-def handle_http_error(exc: HTTPException) -> Response:
-    return error_response(exc)
-
-
 def handle_database_error(exc: Exception) -> Response:
     log.error("database unavailable: %s", exc)
     g.database_failed = True  # teardown drops this connection instead of pooling it
@@ -283,7 +279,7 @@ def _is_update(details: Mapping[str, Any], customer: Mapping[str, Any]) -> bool:
     customer_id = customer.get("customer_id")
     if "customer_id" in details or not isinstance(customer_id, str):
         return False
-    return models.customer_exists(g.organization_id, customer_id)
+    return models.get_customer(g.organization_id, customer_id) is not None
 
 
 # --- Factory ----------------------------------------------------------------------------
@@ -391,7 +387,7 @@ def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
 
 
 def _register_errors(app: Flask) -> None:
-    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(HTTPException, error_response)
     for error in DATABASE_ERRORS:
         app.register_error_handler(error, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected_error)

@@ -456,7 +456,7 @@ def _update_sql(param: str, columns: tuple[str, ...]) -> str:
     )
 
 
-@functools.lru_cache(maxsize=4)
+@functools.cache
 def _statement(name: str, param: str) -> str:
     where = _BY_CUSTOMER_ID.format(p=param)
     return {
@@ -611,11 +611,3 @@ def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list
 def clear_customers() -> int:
     """Delete every customer of every organization (a test double's reset); keys stay."""
     return Customer.delete().execute()  # the trigger brings every count to 0
-
-
-def customer_exists(organization_id: int, customer_id: str) -> bool:
-    return (
-        Customer.select(SQL("1"))
-        .where((Customer.organization == organization_id) & (Customer.customer_id == customer_id))
-        .exists()
-    )
