@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from peewee import (
     SQL,
@@ -184,7 +185,7 @@ def open_database(
         if path != ":memory:":
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
-        db = PooledSqliteDatabase(
+        db = SqliteFileDatabase(
             path,
             # First, so that the pragmas after it already wait for a busy file.
             pragmas=[
@@ -201,12 +202,27 @@ def open_database(
         )
         if path != ":memory:":
             db.writers = WriterTurns(path + ".lock")
+            db.checkpointer = Checkpointer(path, synchronous)
         return db
     if scheme in ("postgres", "postgresql"):
         return PooledPostgresqlDatabase(
             params.pop("database"), max_connections=max_connections, timeout=busy_timeout, **params
         )
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported")
+
+
+class SqliteFileDatabase(PooledSqliteDatabase):
+    """The pooled SQLite database, with what its writers share on a file: turns at the
+    write lock (`writers`) and the background checkpointer (`checkpointer`); both None
+    for `:memory:`."""
+
+    writers: WriterTurns | None = None
+    checkpointer: Checkpointer | None = None
+
+    def close_all(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        super().close_all()
 
 
 def is_sqlite(db: Database) -> bool:
@@ -483,13 +499,29 @@ def _run(sql: str, params: Sequence[Any]) -> list[tuple]:
 def _write(sql: str, params: Sequence[Any]) -> list[tuple]:
     """Run one writing statement (its own transaction), taking turns with the other
     writers of an SQLite file first."""
-    writers = getattr(database, "writers", None)
+    db = _active.get()
+    writers = getattr(db, "writers", None)
     # Inside a longer transaction this connection may hold SQLite's lock already: taking
     # the turn now could leave a peer holding the turn and waiting for that lock.
-    if writers is None or database.in_transaction():
+    if writers is None or db.in_transaction():
         return _run(sql, params)
     with writers:
-        return _run(sql, params)
+        rows = _run(sql, params)
+    db.checkpointer.wrote()
+    return rows
+
+
+# Bumped in a child process after fork: what a process opened or started before (a file
+# descriptor's flock, a thread) is not the child's own.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class WriterTurns:
@@ -506,14 +538,14 @@ class WriterTurns:
         self.path = path
         self._threads = threading.Lock()  # flock does not separate threads of a process
         self._fd: int | None = None
-        self._pid = 0
+        self._opened_in = -1  # the `_forks` generation that opened _fd
 
     def __enter__(self) -> None:
         self._threads.acquire()
         try:
-            if self._pid != os.getpid():  # opened after gunicorn forks, once per process
+            if self._opened_in != _forks:  # opened after gunicorn forks, once per process
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._pid = os.getpid()
+                self._opened_in = _forks
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             self._threads.release()
@@ -524,6 +556,81 @@ class WriterTurns:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+
+class Checkpointer:
+    """Copies committed pages from an SQLite file's write-ahead log back into the file,
+    from a background thread, every `interval` seconds while writes come in.
+
+    SQLite's own automatic checkpoint runs inside the commit that takes the log past
+    1,000 pages, while that writer holds its turn: every other writer then waits out the
+    page copies and the fsync. Here the copy runs beside the requests (the driver lets
+    go of the GIL meanwhile), as a PASSIVE checkpoint that never blocks a writer. On 2
+    cores this took the upserts' p99 from ~12 to ~9 ms (bench/). The automatic
+    checkpoint stays on as the safety net that keeps the log bounded.
+
+    The thread starts with the first write and ends after an interval without one, so
+    an idle database (a test's, a CLI command's) costs nothing.
+    """
+
+    def __init__(self, path: str, synchronous: str, interval: float = 0.05):
+        self.path = path
+        self.synchronous = synchronous  # a checkpoint syncs the file as commits would
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._written = False
+        self._thread: threading.Thread | None = None
+        self._started_in = -1  # the `_forks` generation that started _thread
+        self._stopped = threading.Event()
+
+    def wrote(self) -> None:
+        """Note a committed write: wakes the checkpointer if it sleeps."""
+        with self._lock:
+            self._written = True
+            if self._stopped.is_set():
+                return
+            if self._thread is None or self._started_in != _forks:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"checkpoint {self.path}", daemon=True
+                )
+                self._started_in = _forks
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop for good (the database is being closed); waits for a copy in progress."""
+        with self._lock:
+            self._stopped.set()
+            thread = self._thread if self._started_in == _forks else None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        connection = None
+        try:
+            while not self._stopped.wait(self.interval):
+                with self._lock:
+                    if not self._written:
+                        self._thread = None
+                        return
+                    self._written = False
+                try:
+                    if connection is None:
+                        # mode=rw: never create the file (a database deleted meanwhile).
+                        connection = sqlite3.connect(
+                            f"file:{quote(self.path)}?mode=rw", uri=True, isolation_level=None
+                        )
+                        connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    # A full disk, a read-only file: the writes fail too (and are answered
+                    # 503); the next write wakes this thread to try again.
+                    logging.getLogger("customers").debug("checkpoint failed: %s", exc)
+        finally:
+            if connection is not None:
+                connection.close()
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
 
 def _customer_row(values: tuple | None) -> Row | None:
