@@ -126,7 +126,10 @@ def _text(max_length: int = DEFAULT_MAX_LENGTH) -> CharField:
 class Customer(BaseModel):
     id = AutoField()
     lago_id = UUIDField(unique=True)
-    organization = ForeignKeyField(Organization, backref="customers", on_delete="CASCADE")
+    # No index of its own: the unique (organization, customer_id) index leads with it.
+    organization = ForeignKeyField(
+        Organization, backref="customers", on_delete="CASCADE", index=False
+    )
     customer_id = CharField(max_length=DEFAULT_MAX_LENGTH)
     name = CharField(max_length=DEFAULT_MAX_LENGTH)
     address_line1 = _text()
@@ -633,13 +636,20 @@ class Checkpointer:
                     self._thread = None
 
 
+# The drivers hand back text and integers as they are; only these need a conversion.
+_CONVERTED = tuple(
+    field for field in _CUSTOMER_COLUMNS if not isinstance(field, (CharField, IntegerField))
+)
+_ROW_KEYS = tuple(field.name for field in _CUSTOMER_COLUMNS)
+
+
 def _customer_row(values: tuple | None) -> Row | None:
     if values is None:
         return None
-    return {
-        field.name: field.python_value(v)
-        for field, v in zip(_CUSTOMER_COLUMNS, values, strict=True)
-    }
+    row = dict(zip(_ROW_KEYS, values, strict=True))
+    for field in _CONVERTED:
+        row[field.name] = field.python_value(row[field.name])
+    return row
 
 
 def _one(rows: list[tuple]) -> tuple | None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+SERVICE, BARE, FLOOR = "app:create_app()", "bench.bare:app", "bench.floor:app"
+TARGETS = {SERVICE: "service", BARE: "bare", FLOOR: "floor"}
 REPO = BENCH.parent
 KEY = "bench-key-0123456789"
 
@@ -176,7 +178,7 @@ def run_profile(
         finally:
             server.stop()
     errors = sum(int(figures[k]) for k in figures if k.endswith("errors") or k == "timeouts")
-    target = "floor" if app.startswith("bench.") else "service"
+    target = TARGETS[app]
     return Result(
         name, target, connections, figures["rps"], figures["p50_ms"], figures["p99_ms"], errors, rss
     )
@@ -189,23 +191,25 @@ def main() -> None:
     args = parser.parse_args()
     ensure_wrk()
     seconds = 2 if args.smoke else args.seconds
-    service, floor = "app:create_app()", "bench.floor:app"
+    normal = {"SQLITE_SYNCHRONOUS": "NORMAL"}
     plan = [
-        ("upsert, 1 conn", floor, "upsert.lua", 1, 0, {}),
-        ("upsert, 1 conn", service, "upsert.lua", 1, 0, {}),
-        ("upsert, 16 conns", floor, "upsert.lua", 16, 0, {}),
-        ("upsert, 16 conns", service, "upsert.lua", 16, 0, {}),
-        ("mixed, 16 conns", service, "read.lua", 16, 10_000, {"MODE": "mixed"}),
+        ("upsert, 1 conn", FLOOR, "upsert.lua", 1, 0, {}),
+        ("upsert, 1 conn", SERVICE, "upsert.lua", 1, 0, {}),
+        ("upsert, 16 conns", FLOOR, "upsert.lua", 16, 0, {}),
+        ("upsert, 16 conns", BARE, "upsert.lua", 16, 0, {}),
+        ("upsert, 16 conns", SERVICE, "upsert.lua", 16, 0, {}),
+        ("mixed, 16 conns", SERVICE, "read.lua", 16, 10_000, {"MODE": "mixed"}),
     ]
     sizes = [200] if args.smoke else [10_000, 1_000_000]
     for size in sizes:
         plan += [
-            (f"upsert, {size:,} stored", service, "upsert.lua", 16, size, {}),
-            (f"list p1, {size:,} stored", service, "read.lua", 1, size, {"MODE": "list"}),
+            (f"upsert, {size:,} stored", SERVICE, "upsert.lua", 16, size, {}),
+            (f"list p1, {size:,} stored", SERVICE, "read.lua", 1, size, {"MODE": "list"}),
         ]
-    plan.append(
-        ("upsert, 16 conns, NORMAL", service, "upsert.lua", 16, 0, {"SQLITE_SYNCHRONOUS": "NORMAL"})
-    )
+    plan += [
+        ("upsert, 16 conns, NORMAL", BARE, "upsert.lua", 16, 0, normal),
+        ("upsert, 16 conns, NORMAL", SERVICE, "upsert.lua", 16, 0, normal),
+    ]
     results = []
     for name, app, script, connections, stored, env in plan:
         result = run_profile(name, app, script, connections, seconds, stored, env)
@@ -235,17 +239,19 @@ def report(results: list[Result], smoke: bool) -> None:
             f" {r.errors} | {rss} |"
         )
     lines.append("")
-    for profile in ("upsert, 1 conn", "upsert, 16 conns"):
-        s, f = by[(profile, "service")], by[(profile, "floor")]
-        lines.append(
-            f"- {profile}: service/floor {s.rps / f.rps:.2f}x req/s, p99 {s.p99 / f.p99:.2f}x"
-        )
-    normal = by[("upsert, 16 conns, NORMAL", "service")]
     floor16 = by[("upsert, 16 conns", "floor")]
-    lines.append(
-        f"- upsert, 16 conns, NORMAL: service/floor {normal.rps / floor16.rps:.2f}x req/s,"
-        f" p99 {normal.p99 / floor16.p99:.2f}x"
-    )
+    for profile, floor in (
+        ("upsert, 1 conn", by[("upsert, 1 conn", "floor")]),
+        ("upsert, 16 conns", floor16),
+        ("upsert, 16 conns, NORMAL", floor16),
+    ):
+        for target in ("service", "bare"):
+            if (profile, target) in by:
+                r = by[(profile, target)]
+                lines.append(
+                    f"- {profile}: {target}/floor {r.rps / floor.rps:.2f}x req/s,"
+                    f" p99 {r.p99 / floor.p99:.2f}x, errors {r.errors}"
+                )
     if not smoke:
         small, big = (
             by[("upsert, 10,000 stored", "service")],
@@ -269,7 +275,8 @@ def plot(results: list[Result]) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r.profile}\n({r.target})" for r in results]
-    colors = ["#999999" if r.target == "floor" else "#2b6cb0" for r in results]
+    palette = {"floor": "#999999", "bare": "#a0aec0", "service": "#2b6cb0"}
+    colors = [palette[r.target] for r in results]
     figure, (rps_axis, p99_axis) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
     rps_axis.bar(labels, [r.rps for r in results], color=colors)
     rps_axis.set_ylabel("requests/s")
@@ -277,7 +284,8 @@ def plot(results: list[Result]) -> None:
     p99_axis.set_ylabel("p99 latency (ms)")
     p99_axis.tick_params(axis="x", labelrotation=60, labelsize=8)
     figure.suptitle(
-        f"customers service vs floor (grey), {datetime.date.today()}, {os.cpu_count()} cores"
+        f"customers service (blue) vs floor and bare stack (greys),"
+        f" {datetime.date.today()}, {os.cpu_count()} cores"
     )
     figure.tight_layout()
     figure.savefig(BENCH / "results.png", dpi=90)
