@@ -483,6 +483,10 @@ def _statement(name: str, param: str) -> str:
         "delete": f'DELETE FROM "customer" WHERE {where} RETURNING {_RETURNING}',
         "key": f'SELECT "organization_id", "key_hash" FROM "api_key"'
         f' WHERE "prefix" = {param} AND "revoked_at" IS NULL',
+        # The list index's order, newest first then lago_id ascending.
+        "page": f'SELECT {_RETURNING} FROM "customer" WHERE "organization_id" = {param}'
+        f' ORDER BY "created_at" DESC, "lago_id" LIMIT {param} OFFSET {param}',
+        "count": f'SELECT "customer_count" FROM "organization" WHERE "id" = {param}',
     }[name]
 
 
@@ -709,20 +713,10 @@ def delete_customer(organization_id: int, customer_id: str) -> Row | None:
 def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Row], int]:
     """One page of the organization's customers, newest first then `lago_id` ascending
     (the order of the list index), and how many the organization has in all."""
-    total = (
-        Organization.select(Organization.customer_count)
-        .where(Organization.id == organization_id)
-        .scalar()
-    )
-    rows = list(
-        Customer.select()
-        .where(Customer.organization == organization_id)
-        .order_by(Customer.created_at.desc(), Customer.lago_id)
-        .limit(per_page)
-        .offset((page - 1) * per_page)
-        .dicts()
-    )
-    return rows, total or 0
+    param = database.param
+    counted = _one(_run(_statement("count", param), (organization_id,)))
+    rows = _run(_statement("page", param), (organization_id, per_page, (page - 1) * per_page))
+    return [_customer_row(values) for values in rows], counted[0] if counted else 0
 
 
 def clear_customers() -> int:

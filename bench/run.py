@@ -45,6 +45,7 @@ class Result:
     p99: float
     errors: int
     rss_mb: list[float] = field(default_factory=list)
+    cpu_us: float = 0.0  # the workers' CPU time (user + system) per request
 
 
 def ensure_wrk() -> str:
@@ -88,13 +89,24 @@ class Server:
                     raise RuntimeError(f"{app} did not start") from None
                 time.sleep(0.1)
 
-    def worker_rss_mb(self) -> list[float]:
+    def workers(self) -> list[str]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return children.read_text().split()
+
+    def worker_rss_mb(self) -> list[float]:
         sizes = []
-        for pid in children.read_text().split():
+        for pid in self.workers():
             status = Path(f"/proc/{pid}/status").read_text()
             sizes.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024)
         return sorted(sizes)
+
+    def worker_cpu_seconds(self) -> float:
+        """User + system CPU time the workers have used so far (threads included)."""
+        ticks = 0
+        for pid in self.workers():
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(stat[11]) + int(stat[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -173,14 +185,25 @@ def run_profile(
         try:
             pool = {"POOL": str(max(stored, 10_000))}
             wrk(server.port, script, connections, min(2, seconds), {**pool, **env})  # warm up
+            cpu_before = server.worker_cpu_seconds()
             figures = wrk(server.port, script, connections, seconds, {**pool, **env})
+            cpu = server.worker_cpu_seconds() - cpu_before
             rss = server.worker_rss_mb()
         finally:
             server.stop()
     errors = sum(int(figures[k]) for k in figures if k.endswith("errors") or k == "timeouts")
     target = TARGETS[app]
+    requests = figures["requests"]
     return Result(
-        name, target, connections, figures["rps"], figures["p50_ms"], figures["p99_ms"], errors, rss
+        name,
+        target,
+        connections,
+        figures["rps"],
+        figures["p50_ms"],
+        figures["p99_ms"],
+        errors,
+        rss,
+        cpu / requests * 1e6 if requests else 0.0,
     )
 
 
@@ -217,6 +240,7 @@ def main() -> None:
         print(
             f"{result.profile:<28} {result.target:<8} {result.rps:>9.1f} req/s"
             f"  p50 {result.p50:6.2f} ms  p99 {result.p99:6.2f} ms  errors {result.errors}"
+            f"  worker CPU {result.cpu_us:4.0f} us/req"
             f"  worker RSS {', '.join(f'{mb:.0f}' for mb in result.rss_mb)} MB",
             flush=True,
         )
@@ -229,14 +253,15 @@ def report(results: list[Result], smoke: bool) -> None:
         f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
         f"gunicorn.conf.py on SQLite (SQLITE_SYNCHRONOUS=FULL unless named).",
         "",
-        "| profile | target | req/s | p50 ms | p99 ms | errors | worker RSS MB |",
-        "|---|---|---|---|---|---|---|",
+        "| profile | target | req/s | p50 ms | p99 ms | errors | worker CPU us/req"
+        " | worker RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = ", ".join(f"{mb:.0f}" for mb in r.rss_mb)
         lines.append(
             f"| {r.profile} | {r.target} | {r.rps:.0f} | {r.p50:.2f} | {r.p99:.2f} |"
-            f" {r.errors} | {rss} |"
+            f" {r.errors} | {r.cpu_us:.0f} | {rss} |"
         )
     lines.append("")
     floor16 = by[("upsert, 16 conns", "floor")]
