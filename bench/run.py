@@ -1,12 +1,13 @@
 """The benchmark: the service against its floor, side by side, in one run.
 
-    make bench         # the full run (about 4 minutes), writes bench/results.md and .png
+    make bench         # the full run (about 5 minutes), writes bench/results.md and .png
     make bench-smoke   # a few seconds a profile, no scale runs: proves the bench still runs
 
 Everything talks to 127.0.0.1 only and every profile is bounded in time. The service
 runs under the project's own gunicorn.conf.py on SQLite, a fresh database per profile;
-the floor (bench/floor.py: parse the JSON body, answer a fixed 200) under the same
-settings. wrk drives both (Debian's package; installed when missing).
+the floor (bench/floor.py: parse the JSON body, answer a fixed 200) and the bare stack
+(bench/bare.py: the schema and one SQLite upsert, nothing else) under the same
+settings. wrk drives them all (Debian's package; installed when missing).
 """
 
 from __future__ import annotations
