@@ -440,12 +440,19 @@ def revoke_api_key(prefix: str) -> bool:
 # The statements on the request path are written out as SQL, from the models' own
 # column names, once per shape, and then only executed: building the same 14-column
 # upsert through Peewee's query builder cost ~240 us of CPU a request, running it in
-# SQLite ~13 us. Rows come back as dicts keyed by field name, converted by the fields.
+# SQLite ~13 us. They read back only what the customer object shows (not the id, the
+# organization or updated_at), as dicts keyed by field name, converted by the fields.
 
+# A customer as the API shows it: `lago_id` (a UUID), `created_at` (a naive UTC
+# datetime) and the text fields of CUSTOMER_FIELDS.
 Row = dict[str, Any]
 
-_CUSTOMER_COLUMNS = tuple(Customer._meta.sorted_fields)
-_RETURNING = ", ".join(f'"{field.column_name}"' for field in _CUSTOMER_COLUMNS)
+_OBJECT_COLUMNS = tuple(
+    field
+    for field in Customer._meta.sorted_fields
+    if field.name in ("lago_id", "created_at", *CUSTOMER_FIELDS)
+)
+_RETURNING = ", ".join(f'"{field.column_name}"' for field in _OBJECT_COLUMNS)
 _BY_CUSTOMER_ID = '"organization_id" = {p} AND "customer_id" = {p}'
 
 
@@ -640,11 +647,9 @@ class Checkpointer:
                     self._thread = None
 
 
-# The drivers hand back text and integers as they are; only these need a conversion.
-_CONVERTED = tuple(
-    field for field in _CUSTOMER_COLUMNS if not isinstance(field, (CharField, IntegerField))
-)
-_ROW_KEYS = tuple(field.name for field in _CUSTOMER_COLUMNS)
+# The drivers hand back text as it is; only these need a conversion.
+_CONVERTED = (Customer.lago_id, Customer.created_at)
+_ROW_KEYS = tuple(field.name for field in _OBJECT_COLUMNS)
 
 
 def _customer_row(values: tuple | None) -> Row | None:
