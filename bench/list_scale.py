@@ -4,7 +4,8 @@ with N customers stored, measured in-process through Flask's test client.
     .venv/bin/python bench/list_scale.py            # 10,000 and 1,000,000 customers
     .venv/bin/python bench/list_scale.py 1000 50000 # other sizes
 
-Rows are bulk-loaded straight into SQLite (not through the API). Prints p50/p99 per
+Rows are bulk-loaded straight into SQLite (not through the API), shaped like the ones
+bench/upsert.lua writes. Prints p50/p99 per
 route and size. Bounded: a fixed number of requests per route.
 """
 
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app import create_app  # noqa: E402
+from bench.run import bench_customer  # noqa: E402
 
 KEY = "bench-key"
 REQUESTS = 300
@@ -41,11 +43,13 @@ def bulk_load(path: str, count: int) -> None:
                 # Ten customers a second, so ties on created_at are common.
                 at = (start + timedelta(seconds=n // 10)).isoformat(" ")
                 owner = other if n % 10 == 9 else org
-                yield (uuid.uuid4().hex, owner, f"cus-{n}", f"Customer {n}", "US", at, at)
+                yield (uuid.uuid4().hex, owner, *bench_customer(n), at, at)
 
         conn.executemany(
-            "INSERT INTO customer (lago_id, organization_id, customer_id, name, country,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO customer (lago_id, organization_id, customer_id, name,"
+            " address_line1, city, country, email, legal_name, legal_number, logo_url,"
+            " phone, state, url, zipcode, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows(),
         )
 
