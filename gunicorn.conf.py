@@ -13,7 +13,9 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # made cheap: 2 workers 876 req/s (p99 29 ms), 3 workers 761 (p99 56 ms), 4 workers 740
 # (p99 98 ms), 2 workers x 4 threads 675 (p99 322 ms). Now, with SQLITE_SYNCHRONOUS=NORMAL:
 # 2 workers 2328 req/s (p99 15 ms), 3 workers 2338 (p99 14 ms); with FULL, 3 workers
-# 1789 and 4 workers 1695 against 2 workers' ~1500-1850. The work is CPU-bound Python
+# 1789 and 4 workers 1695 against 2 workers' ~1500-1850. Again with the background
+# checkpointer (NORMAL): 2 workers 2470, 3 workers 2409, 4 workers 2134; gthread with
+# 2 workers x 2 threads 2220, x 4 threads 1024. The work is CPU-bound Python
 # and SQLite lets one writer in at a time, so more processes than cores buy nothing
 # reliable, and threads only add contention.
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))

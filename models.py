@@ -580,8 +580,9 @@ class Checkpointer:
     1,000 pages, while that writer holds its turn: every other writer then waits out the
     page copies and the fsync. Here the copy runs beside the requests (the driver lets
     go of the GIL meanwhile), as a PASSIVE checkpoint that never blocks a writer. On 2
-    cores this took the upserts' p99 from ~12 to ~9 ms (bench/). The automatic
-    checkpoint stays on as the safety net that keeps the log bounded.
+    cores (bench/) the upserts' p99 went from 13.5 to ~10 ms at 16 connections with
+    synchronous=NORMAL, and from 10.1 to 1.8 ms at 1 connection with FULL. The
+    automatic checkpoint stays on as the safety net that keeps the log bounded.
 
     The thread starts with the first write and ends after an interval without one, so
     an idle database (a test's, a CLI command's) costs nothing.
