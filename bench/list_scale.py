@@ -12,46 +12,19 @@ route and size. Bounded: a fixed number of requests per route.
 from __future__ import annotations
 
 import os
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app import create_app  # noqa: E402
-from bench.run import bench_customer  # noqa: E402
+from bench.run import bulk_load  # noqa: E402
 
 KEY = "bench-key"
 REQUESTS = 300
-
-
-def bulk_load(path: str, count: int) -> None:
-    start = datetime(2020, 1, 1)
-    with sqlite3.connect(path) as conn:
-        org = conn.execute("SELECT id FROM organization WHERE name = 'default'").fetchone()[0]
-        other = conn.execute(
-            "INSERT INTO organization (name, created_at) VALUES ('other', ?) RETURNING id",
-            (start,),
-        ).fetchone()[0]
-
-        def rows():
-            for n in range(count):
-                # Ten customers a second, so ties on created_at are common.
-                at = (start + timedelta(seconds=n // 10)).isoformat(" ")
-                owner = other if n % 10 == 9 else org
-                yield (uuid.uuid4().hex, owner, *bench_customer(n), at, at)
-
-        conn.executemany(
-            "INSERT INTO customer (lago_id, organization_id, customer_id, name,"
-            " address_line1, city, country, email, legal_name, legal_number, logo_url,"
-            " phone, state, url, zipcode, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows(),
-        )
 
 
 def timed(client, method: str, path: str, expect: int) -> float:
@@ -68,7 +41,7 @@ def measure(count: int) -> None:
         config = {"DATABASE_URL": f"sqlite:///{path}", "API_KEY": KEY, "LOG_LEVEL": "WARNING"}
         create_app(config)
         began = time.perf_counter()
-        bulk_load(path, count)
+        bulk_load(path, count, other_every=10)
         load_s = time.perf_counter() - began
         client = create_app(config).test_client()
         pages = (count * 9 // 10) // 100

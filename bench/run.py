@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,27 +165,33 @@ def bench_customer(n: int) -> tuple:
     )
 
 
-def bulk_load(path: Path, count: int) -> None:
-    """`count` customers of the default organization straight into SQLite (not through
-    the API); the count trigger keeps the organization's total."""
+def bulk_load(path: Path, count: int, other_every: int = 0) -> None:
+    """`count` customers straight into SQLite (not through the API), ten a second so that
+    ties on created_at are common; the count trigger keeps each organization's total.
+    All belong to the default organization, or, with `other_every`, one in that many to
+    a second one, 'other'."""
     start = datetime.datetime(2020, 1, 1)
     with sqlite3.connect(path) as conn:
         (org,) = conn.execute("SELECT id FROM organization WHERE name = 'default'").fetchone()
+        other = org
+        if other_every:
+            (other,) = conn.execute(
+                "INSERT INTO organization (name, created_at) VALUES ('other', ?) RETURNING id",
+                (start.isoformat(" "),),
+            ).fetchone()
+
+        def rows() -> Iterator[tuple]:
+            for n in range(count):
+                at = (start + datetime.timedelta(seconds=n // 10)).isoformat(" ")
+                owner = other if other_every and n % other_every == other_every - 1 else org
+                yield (uuid.uuid4().hex, owner, *bench_customer(n), at, at)
+
         conn.executemany(
             "INSERT INTO customer (lago_id, organization_id, customer_id, name,"
             " address_line1, city, country, email, legal_name, legal_number, logo_url,"
             " phone, state, url, zipcode, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    uuid.uuid4().hex,
-                    org,
-                    *bench_customer(n),
-                    (at := (start + datetime.timedelta(seconds=n // 10)).isoformat(" ")),
-                    at,
-                )
-                for n in range(count)
-            ),
+            rows(),
         )
 
 

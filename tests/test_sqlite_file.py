@@ -16,8 +16,9 @@ from tests.conftest import auth
 pytestmark = pytest.mark.sqlite_only
 
 
-def checkpoint_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("checkpoint ")]
+def checkpoint_threads(path: Path | str) -> list[threading.Thread]:
+    """The checkpointer threads of this database file (other tests' may still be ending)."""
+    return [t for t in threading.enumerate() if t.name == f"checkpoint {path}"]
 
 
 def wait_for(condition, seconds: float = 5.0) -> bool:
@@ -49,33 +50,34 @@ def rows_in_main_file(db_path: Path, tmp_path: Path) -> set[str]:
 
 
 def test_writes_reach_the_database_file_in_the_background(app, client, tmp_path):
-    db = app.extensions["customers.db"]
-    db_path = Path(db.database)
+    db_path = Path(app.extensions["customers.db"].database)
     upsert(client, "first")
     upsert(client, "second")
     # A handful of writes is far below SQLite's own automatic checkpoint (1,000 pages):
     # only the background checkpointer copies them into the file.
     assert wait_for(lambda: rows_in_main_file(db_path, tmp_path) >= {"first", "second"})
     # With no more writes, the thread ends by itself; the next write starts it again.
-    assert wait_for(lambda: not checkpoint_threads())
+    assert wait_for(lambda: not checkpoint_threads(db_path))
     upsert(client, "third")
-    assert checkpoint_threads()
+    assert checkpoint_threads(db_path)
     assert wait_for(lambda: "third" in rows_in_main_file(db_path, tmp_path))
-    assert wait_for(lambda: not checkpoint_threads())
+    assert wait_for(lambda: not checkpoint_threads(db_path))
 
 
 def test_closing_the_database_stops_the_checkpointer_for_good(app, client):
+    db_path = app.extensions["customers.db"].database
     upsert(client, "first")
-    assert checkpoint_threads()
+    assert checkpoint_threads(db_path)
     app.extensions["customers.db"].close_all()
-    assert not checkpoint_threads()  # close_all waited for it
+    assert not checkpoint_threads(db_path)  # close_all waited for it
     upsert(client, "second")  # the pool opens a new connection; no thread starts
-    assert not checkpoint_threads()
+    assert not checkpoint_threads(db_path)
 
 
 def test_the_checkpointer_never_creates_a_missing_file(tmp_path):
     path = tmp_path / "gone.db"
-    checkpointer = models.Checkpointer(str(path), "NORMAL", interval=0.01)
+    checkpointer = models.Checkpointer(str(path), "NORMAL")
     checkpointer.wrote()
-    assert wait_for(lambda: not checkpoint_threads())
+    assert checkpoint_threads(path)
+    assert wait_for(lambda: not checkpoint_threads(path))
     assert list(tmp_path.iterdir()) == []
