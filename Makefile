@@ -28,11 +28,19 @@ run: $(VENV)/.prod
 		$(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
 
 # The real servers the tests start themselves (in temporary directories, on free ports):
-# nginx and PostgreSQL from Debian's packages, installed when missing.
+# nginx and PostgreSQL from Debian's packages. Installs only what is missing, as root;
+# anyone else is told the one command to run.
 servers:
-	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || $(APT_INSTALL) nginx-light
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
-		|| $(APT_INSTALL) postgresql
+	@missing=""; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+		|| missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make test needs Debian's$$missing; as root run: apt-get install -y$$missing"; \
+		exit 1; \
+	fi; \
+	$(APT_INSTALL)$$missing
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -24,7 +24,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import (
-    BadRequest,
+    ClientDisconnected,
     HTTPException,
     InternalServerError,
     RequestEntityTooLarge,
@@ -116,6 +116,12 @@ class ApiError(HTTPException):
         super().__init__()
 
 
+def bad_request(message: str) -> ApiError:
+    """A 400 whose `message` names the cause (a fixed sentence: never the request's bytes)."""
+    log.info("bad request: %s", message)
+    return ApiError(400, message=message)
+
+
 def validation_error(details: Mapping[str, list[str]]) -> ApiError:
     return ApiError(422, message="Validation error on the record", error_details=dict(details))
 
@@ -127,6 +133,8 @@ def error_response(exc: HTTPException) -> Response:
     status = response.status_code
     body = {"status": status, "error": ERROR_TITLES.get(status, HTTP_STATUS_CODES[status])}
     body.update(getattr(exc, "extra", {}))
+    if status == 400:
+        body.setdefault("message", "The request could not be understood")
     response.set_data(current_app.json.dumps(body, separators=(",", ":")))
     response.mimetype = "application/json"
     return response
@@ -184,27 +192,41 @@ class CustomerIdConverter(BaseConverter):
 
 
 def json_body() -> Any:
-    """The request body as strict JSON, or a 400 (a 413 past MAX_BODY_BYTES)."""
+    """The request body as strict JSON, or a 400 naming the cause (a 413 past
+    MAX_BODY_BYTES)."""
     if request.mimetype != "application/json":
-        raise BadRequest()
+        raise bad_request("Content-Type must be application/json")
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
-        raise BadRequest()
+        raise bad_request("Content-Type charset must be utf-8")
     try:
         return schemas.decode_json(_read_body(current_app.config["MAX_CONTENT_LENGTH"]))
-    except schemas.BadPayload:
-        raise BadRequest() from None
+    except schemas.BadPayload as exc:
+        raise bad_request(str(exc)) from None
+
+
+BROKEN_BODY = "The body is cut short or its chunked framing is broken"
 
 
 def _read_body(limit: int) -> bytes:
-    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
-        # A chunked body has no length to check up front, and Werkzeug's stream stops
-        # quietly at the limit; read one byte past it to tell "too large" from "exactly".
-        data = request.environ["wsgi.input"].read(limit + 1)
-        if len(data) > limit:
-            raise RequestEntityTooLarge()
-        return data
-    return request.get_data(cache=False)  # Werkzeug answers 413 past Content-Length
+    try:
+        if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+            # A chunked body has no length to check up front, and Werkzeug's stream stops
+            # quietly at the limit; read one byte past it to tell "too large" from "exactly".
+            data = request.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise RequestEntityTooLarge()
+            return data
+        return request.get_data(cache=False)  # Werkzeug answers 413 past Content-Length
+    except ClientDisconnected:  # fewer bytes than Content-Length said
+        raise bad_request(BROKEN_BODY) from None
+    except HTTPException:
+        raise
+    except Exception:
+        # The server's body reader (gunicorn's, Werkzeug's) failed on what the client sent:
+        # bad chunk framing, or a body shorter than announced. Its exception quotes the
+        # raw bytes, so it is neither logged nor chained.
+        raise bad_request(BROKEN_BODY) from None
 
 
 def customer_response(customer: models.Row) -> Response:
@@ -228,8 +250,8 @@ def upsert_customer() -> Response:
     payload = json_body()
     try:
         fields = schemas.load_customer(payload)
-    except schemas.BadPayload:
-        raise BadRequest() from None
+    except schemas.BadPayload as exc:
+        raise bad_request(str(exc)) from None
     except ValidationError as exc:
         details = dict(exc.messages)  # type: ignore[arg-type]
         if "name" not in payload["customer"] and not _is_update(details, payload["customer"]):

@@ -3,7 +3,14 @@
 Every value can be overridden from the environment (names below) or on the command line.
 """
 
+import http
+import json
+import logging
 import os
+import re
+import uuid
+
+from gunicorn import util
 
 # Where to listen. Behind nginx on the same host, loopback only.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -35,6 +42,10 @@ keepalive = int(os.environ.get("KEEPALIVE", "5"))
 # Each worker builds its own app: no database connection is shared across a fork.
 preload_app = False
 
+# The longest request line gunicorn reads (its maximum). nginx (deploy/nginx.conf) stops
+# at 4 KiB itself and answers 414, so whatever it passes on fits here.
+limit_request_line = 8190
+
 # Access log on stdout, one line a request, carrying the request id the app answered
 # with (nginx's, the caller's or a new one) and the client address the app saw.
 accesslog = os.environ.get("ACCESS_LOG", "-")
@@ -44,3 +55,43 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 # The control socket (gunicorn 23+) would be written under $HOME; not needed here.
 control_socket_disable = True
+
+
+# What gunicorn answers by itself (a request line, header or chunked framing it cannot
+# parse, a URI or header block over its limits) is the contract's JSON envelope with a
+# fresh X-Request-Id, not gunicorn's HTML page. Its workers call util.write_error at the
+# moment of answering, so replacing it here, in the master before it forks, covers every
+# worker class. The message is fixed: gunicorn's own one quotes the request's bytes.
+def write_json_error(sock, status_int, reason, mesg):
+    title = {414: "URI Too Long"}.get(status_int) or http.HTTPStatus(status_int).phrase
+    body = {"status": status_int, "error": title}
+    if status_int == 400:
+        body["message"] = "The request line, a header or the body framing is malformed"
+    data = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {body['error']}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n"
+        f"X-Request-Id: {uuid.uuid4().hex}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + data)
+
+
+util.write_error = write_json_error
+
+
+# gunicorn's warning about a request it could not parse quotes the offending bytes (the
+# request line, a header, a chunk): keep the cause, drop the quote.
+class DropRequestBytes(logging.Filter):
+    quoted = re.compile(r":?\s*b?['\"].*", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Invalid request from ip="):
+            record.msg, record.args = self.quoted.sub("", message), ()
+        return True
+
+
+def on_starting(server):
+    server.log.error_log.addFilter(DropRequestBytes())

@@ -115,9 +115,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
         headers = {}
         if status == 401:
             headers["WWW-Authenticate"] = {"schema": {"const": "Bearer"}}
-        out[str(status)] = _response(
-            description, _ref(f"Error{status}"), {"status": status, "error": title}, **headers
-        )
+        example = {"status": status, "error": title}
+        if status == 400:
+            example["message"] = "Content-Type must be application/json"
+        out[str(status)] = _response(description, _ref(f"Error{status}"), example, **headers)
     return out
 
 
@@ -130,6 +131,9 @@ def document() -> dict[str, Any]:
     error_schemas = {
         f"Error{status}": _error(status, title) for status, (title, _) in ERRORS.items()
     }
+    error_schemas["Error400"] = _error(
+        400, "Bad Request", message={"type": "string", "minLength": 1}
+    )
     error_schemas["Error404"] = _error(404, "Not Found", code={"const": "customer_not_found"})
     error_schemas["Error422"] = _error(
         422,
@@ -230,7 +234,12 @@ def document() -> dict[str, Any]:
                         {
                             "name": "page",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "default": 1},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": schemas.MAX_PAGE,
+                                "default": 1,
+                            },
                         },
                         {
                             "name": "per_page",

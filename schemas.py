@@ -26,9 +26,10 @@ NOT_A_COUNTRY = "not_a_valid_country_code"
 DEFAULT_MAX_LENGTH = 255
 URL_MAX_LENGTH = 2048
 
-# Pagination of the list route.
+# Pagination of the list route. The service and the OpenAPI document both read these.
 DEFAULT_PER_PAGE = 100
 MAX_PER_PAGE = 1000
+MAX_PAGE = 999_999_999
 
 # C0 controls other than tab, LF and CR, and lone surrogates (JSON's \ud800 escapes),
 # which are not characters at all and cannot be stored as UTF-8.
@@ -55,7 +56,8 @@ CUSTOMER_FIELDS = (
 
 
 class BadPayload(ValueError):
-    """The body is not a JSON object of the expected envelope (a 400, not a 422)."""
+    """The body is not a JSON object of the expected envelope (a 400, not a 422). Its
+    text is the 400's `message`: it names the cause and never quotes the body."""
 
 
 class CustomerString(fields.Field):
@@ -100,7 +102,9 @@ class CountryCode(CustomerString):
     default_error_messages = {"not_a_country": NOT_A_COUNTRY}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs) -> str:
-        code = super()._deserialize(value, attr, data, **kwargs).upper()
+        text = super()._deserialize(value, attr, data, **kwargs)
+        # Only ASCII letters make a code: "ıt".upper() and "ſe".upper() are "IT" and "SE".
+        code = text.upper() if text.isascii() else ""
         if code not in COUNTRY_CODES:
             raise self.make_error("not_a_country")
         return code
@@ -169,7 +173,7 @@ def decode_json(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise BadPayload("body is not strict JSON") from exc
+        raise BadPayload("The body is not strict JSON (RFC 8259, UTF-8)") from exc
 
 
 def load_customer(payload: Any) -> dict[str, str | None]:
@@ -181,10 +185,10 @@ def load_customer(payload: Any) -> dict[str, str | None]:
     `{field: [code]}` messages, every failing field at once, for broken rules.
     """
     if not isinstance(payload, dict):
-        raise BadPayload("body is not a JSON object")
+        raise BadPayload("The body must be a JSON object")
     customer = payload.get("customer")
     if not isinstance(customer, dict) or not customer:
-        raise BadPayload("customer is absent, empty or not an object")
+        raise BadPayload("customer must be a non-empty JSON object")
     return _customer_schema.load(customer)
 
 
@@ -246,12 +250,12 @@ def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:
     errors: dict[str, list[str]] = {}
     values = {}
     for name, default, maximum in (
-        ("page", 1, None),
+        ("page", 1, MAX_PAGE),
         ("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE),
     ):
         raw = args.get(name)
         value = default if raw is None else _whole_number(raw)
-        if value is None or value < 1 or (maximum is not None and value > maximum):
+        if value is None or not 1 <= value <= maximum:
             errors[name] = [INVALID]
         values[name] = value
     if errors:
@@ -260,7 +264,8 @@ def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:
 
 
 def _whole_number(raw: str) -> int | None:
-    # Only plain ASCII digits: int() would also take "+3", " 3", "3_000" and "３".
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+    # Only plain ASCII digits: int() would also take "+3", " 3", "3_000" and "３". Past
+    # 18 digits it is out of range anyway; no need to convert thousands of them.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
         return None
     return int(raw)

@@ -72,7 +72,14 @@ def test_errors_keep_their_envelope_over_http(server):
         b"{",
         {**auth(), "Content-Type": "application/json"},
     )
-    assert (bad.status, bad.json()) == (400, {"status": 400, "error": "Bad Request"})
+    assert (bad.status, bad.json()) == (
+        400,
+        {
+            "status": 400,
+            "error": "Bad Request",
+            "message": "The body is not strict JSON (RFC 8259, UTF-8)",
+        },
+    )
     reply = request(
         server.port,
         "POST",

@@ -8,6 +8,8 @@ from urllib.parse import quote
 import pytest
 
 import models
+import openapi
+import schemas
 from tests.conftest import auth, mint_key, stored_customers
 
 NOT_FOUND = {"status": 404, "error": "Not Found", "code": "customer_not_found"}
@@ -237,6 +239,16 @@ def test_bad_page_parameters_are_422_keyed_by_the_parameter(client, name, value)
         "message": "Validation error on the record",
         "error_details": {name: ["value_is_invalid"]},
     }
+
+
+def test_page_limits_are_the_ones_the_openapi_document_states(client):
+    parameters = openapi.document()["paths"]["/api/v1/customers"]["get"]["parameters"]
+    limits = {p["name"]: (p["schema"]["minimum"], p["schema"]["maximum"]) for p in parameters}
+    assert limits == {"page": (1, schemas.MAX_PAGE), "per_page": (1, schemas.MAX_PER_PAGE)}
+    for name, (_, maximum) in limits.items():
+        assert listing(client, f"?{name}={maximum}").status_code == 200
+        too_far = listing(client, f"?{name}={maximum + 1}")
+        assert too_far.get_json()["error_details"] == {name: ["value_is_invalid"]}
 
 
 def test_both_bad_parameters_are_reported_together(client):

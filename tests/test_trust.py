@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import sqlite3
 import subprocess
@@ -109,8 +110,10 @@ def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path, database_url):
             body = writer_body(customer_id, f"v{version}", "FR")
             try:
                 reply = request(server.port, "POST", "/api/v1/customers", body, auth(), timeout=5)
-            except OSError:
-                return  # the server is gone
+            except (OSError, http.client.HTTPException):
+                # The server is gone: refused, reset, or an answer cut off mid-way
+                # (IncompleteRead), which acknowledged nothing.
+                return
             if reply.status == 200:
                 acked[customer_id] = version
 

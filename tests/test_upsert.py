@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 
@@ -211,7 +212,9 @@ def test_country_any_case_in_upper_case_stored(client, app, sent, stored):
     assert stored_customers(app)[0]["country"] == stored
 
 
-@pytest.mark.parametrize("country", ["USA", "ZZ", "", "U", "1", " US", 42, "ÜS"])
+@pytest.mark.parametrize(
+    "country", ["USA", "ZZ", "", "U", "1", " US", 42, "ÜS", "ıt", "ſe", "ＵＳ"]
+)
 def test_country_must_be_an_iso_alpha_2_code(client, app, country):
     assert details(post(client, {**SEED, "country": country})) == {
         "country": ["not_a_valid_country_code"]
@@ -333,66 +336,83 @@ def test_nothing_is_written_when_an_update_fails(client, app):
 
 # --- 400 and 413 --------------------------------------------------------------------------
 
-BAD_REQUEST = {"status": 400, "error": "Bad Request"}
+NOT_JSON = "The body is not strict JSON (RFC 8259, UTF-8)"
+NOT_AN_OBJECT = "The body must be a JSON object"
+NO_CUSTOMER = "customer must be a non-empty JSON object"
+
+
+def bad_request(message: str) -> dict:
+    return {"status": 400, "error": "Bad Request", "message": message}
 
 
 @pytest.mark.parametrize(
-    "raw",
+    "raw, message",
     [
-        b"",
-        b"not json",
-        b'{"customer": {"customer_id": "a", "name": "b"}',
-        b'{"customer": {"customer_id": NaN, "name": "b"}}',
-        b'{"customer": {"customer_id": "a", "name": "b", "x": Infinity}}',
-        b'{"customer": {"customer_id": "a", "name": "b", "x": -Infinity}}',
-        '{"customer": {"customer_id": "é", "name": "b"}}'.encode("latin-1"),
-        '{"customer": {"customer_id": "a", "name": "b"}}'.encode("utf-16"),
-        b'\xef\xbb\xbf{"customer": {"customer_id": "a", "name": "b"}}',
-        b"{'customer': {'customer_id': 'a', 'name': 'b'}}",
-        b'{"customer": {"customer_id": "a\x01", "name": "raw control character"}}',
-        b"[]",
-        b'"customer"',
-        b"null",
-        b"42",
-        b"{}",
-        b'{"customer": null}',
-        b'{"customer": {}}',
-        b'{"customer": []}',
-        b'{"customer": [{"customer_id": "a", "name": "b"}]}',
-        b'{"customer": "a"}',
-        b'{"customer_id": "a", "name": "b"}',
-        b"[" * 100_000 + b"]" * 100_000,
+        (b"", NOT_JSON),
+        (b"not json", NOT_JSON),
+        (b'{"customer": {"customer_id": "a", "name": "b"}', NOT_JSON),
+        (b'{"customer": {"customer_id": NaN, "name": "b"}}', NOT_JSON),
+        (b'{"customer": {"customer_id": "a", "name": "b", "x": Infinity}}', NOT_JSON),
+        (b'{"customer": {"customer_id": "a", "name": "b", "x": -Infinity}}', NOT_JSON),
+        ('{"customer": {"customer_id": "é", "name": "b"}}'.encode("latin-1"), NOT_JSON),
+        ('{"customer": {"customer_id": "a", "name": "b"}}'.encode("utf-16"), NOT_JSON),
+        (b'\xef\xbb\xbf{"customer": {"customer_id": "a", "name": "b"}}', NOT_JSON),
+        (b"{'customer': {'customer_id': 'a', 'name': 'b'}}", NOT_JSON),
+        (b'{"customer": {"customer_id": "a\x01", "name": "raw control character"}}', NOT_JSON),
+        (b"[" * 100_000 + b"]" * 100_000, NOT_JSON),
+        (b"[]", NOT_AN_OBJECT),
+        (b'"customer"', NOT_AN_OBJECT),
+        (b"null", NOT_AN_OBJECT),
+        (b"42", NOT_AN_OBJECT),
+        (b"{}", NO_CUSTOMER),
+        (b'{"customer": null}', NO_CUSTOMER),
+        (b'{"customer": {}}', NO_CUSTOMER),
+        (b'{"customer": []}', NO_CUSTOMER),
+        (b'{"customer": [{"customer_id": "a", "name": "b"}]}', NO_CUSTOMER),
+        (b'{"customer": "a"}', NO_CUSTOMER),
+        (b'{"customer_id": "a", "name": "b"}', NO_CUSTOMER),
     ],
 )
-def test_bad_bodies_are_400(make_app, raw):
+def test_bad_bodies_are_400_naming_the_cause(make_app, raw, message):
     app = make_app(MAX_BODY_BYTES=1_000_000)
     response = app.test_client().post(
         "/api/v1/customers", data=raw, headers={**auth(), "Content-Type": "application/json"}
     )
-    assert (response.status_code, response.get_json()) == (400, BAD_REQUEST)
+    assert (response.status_code, response.get_json()) == (400, bad_request(message))
     assert stored_customers(app) == []
 
 
 @pytest.mark.parametrize(
-    "content_type",
+    "content_type, message",
     [
-        None,
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "application/jsonx",
-        "application/vnd.api+json",
-        "application/json; charset=latin-1",
+        (None, "Content-Type must be application/json"),
+        ("text/plain", "Content-Type must be application/json"),
+        ("application/x-www-form-urlencoded", "Content-Type must be application/json"),
+        ("application/jsonx", "Content-Type must be application/json"),
+        ("application/vnd.api+json", "Content-Type must be application/json"),
+        ("application/json; charset=latin-1", "Content-Type charset must be utf-8"),
     ],
 )
-def test_content_type_must_be_json(client, app, content_type):
+def test_content_type_must_be_json(client, app, content_type, message):
     headers = auth()
     if content_type:
         headers["Content-Type"] = content_type
     response = client.post(
         "/api/v1/customers", data=json.dumps({"customer": SEED}), headers=headers
     )
-    assert (response.status_code, response.get_json()) == (400, BAD_REQUEST)
+    assert (response.status_code, response.get_json()) == (400, bad_request(message))
     assert stored_customers(app) == []
+
+
+def test_the_cause_of_a_400_is_logged_without_the_body(client, caplog):
+    caplog.set_level(logging.INFO, logger="customers")
+    secret_body = b'{"customer": "s3cret-body-bytes"}'
+    response = client.post(
+        "/api/v1/customers", data=secret_body, headers={**auth(), "Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400
+    assert "bad request: Content-Type must be application/json" in caplog.text
+    assert "s3cret-body-bytes" not in caplog.text
 
 
 @pytest.mark.parametrize(
