@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from flask import Flask, Response, current_app, g, jsonify, request
+from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import (
@@ -37,6 +39,10 @@ import auth
 import models
 import openapi
 import schemas
+
+# The release (semantic versioning): /health, the OpenAPI document, both commands'
+# --version and the start-up line show it; the package build reads it from here.
+__version__ = "0.1.0"
 
 log = logging.getLogger("customers")
 
@@ -102,6 +108,26 @@ class Settings:
             raise ValueError(f"setting LOG_LEVEL={self.log_level!r} is not a log level")
         if self.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r} is not valid")
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line: the password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def startup_line(environ: Mapping[str, str], workers: int) -> str:
+    """The one line that says what starts: release, database, workers, the API_KEY setting.
+    Raises ValueError naming a bad setting."""
+    settings = Settings.from_mapping(environ)
+    active = "active" if settings.api_key else "not set"
+    return (
+        f"customers-registry {__version__} starting: database {masked_url(settings.database_url)},"
+        f" {workers} workers, API_KEY setting {active}"
+    )
 
 
 # --- Errors -----------------------------------------------------------------------------
@@ -191,6 +217,11 @@ class CustomerIdConverter(BaseConverter):
 # --- Request helpers --------------------------------------------------------------------
 
 
+def request_id(incoming: str) -> str:
+    """The caller's (or nginx's) X-Request-Id when usable, else a new one."""
+    return incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
 def json_body() -> Any:
     """The request body as strict JSON, or a 400 naming the cause (a 413 past
     MAX_BODY_BYTES)."""
@@ -237,12 +268,12 @@ def customer_response(customer: models.Row) -> Response:
 
 
 def openapi_document() -> Response:
-    return jsonify(openapi.document())
+    return jsonify(openapi.document(__version__))
 
 
 def health() -> Response:
     models.ping()
-    return jsonify(status="ok")
+    return jsonify(status="ok", version=__version__)
 
 
 @auth.require_api_key
@@ -384,8 +415,7 @@ class DatabasePreparation:
 def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
     @app.before_request
     def start_request() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.request_id = request_id(request.headers.get("X-Request-Id", ""))
         g.db_token = models.activate(db)
         prepare()
 
@@ -429,63 +459,87 @@ def _register_routes(app: Flask) -> None:
 
 
 def _register_commands(app: Flask) -> None:
-    keys = click.Group("keys", help="Mint, list and revoke API keys.")
+    for command in COMMANDS:
+        app.cli.add_command(command)
 
-    @keys.command("create")
-    @click.option("--org", "organization", required=True, help="Organization name.")
-    def create_key(organization: str) -> None:
-        """Mint a key (creating the organization when new); prints it, once."""
-        with models.using(app.extensions["customers.db"]):
-            key = auth.create_key(organization)
-        click.echo(f"New key for organization {organization!r}; it is shown only this once:")
-        click.echo(key)
 
-    @keys.command("list")
-    def list_keys() -> None:
-        """Organizations and key prefixes (never whole keys)."""
-        with models.using(app.extensions["customers.db"]):
-            rows = models.list_api_keys()
-        click.echo(f"{'ORGANIZATION':<24} {'PREFIX':<14} {'CREATED':<20} REVOKED")
-        for row in rows:
-            revoked = row["revoked_at"].isoformat(" ") if row["revoked_at"] else "-"
-            click.echo(
-                f"{row['organization']:<24} {row['prefix'] + '…':<14} "
-                f"{row['created_at'].isoformat(' '):<20} {revoked}"
-            )
+# --- Commands ---------------------------------------------------------------------------
+#
+# Run inside the app's context, on the database of its settings: `flask --app app ...` in
+# a checkout, `customers-registry ...` where the package is installed.
 
-    @keys.command("revoke")
-    @click.argument("prefix")
-    def revoke_key(prefix: str) -> None:
-        """Revoke the key whose prefix (as `keys list` shows it) or whole value is PREFIX."""
-        with models.using(app.extensions["customers.db"]):
-            revoked = models.revoke_api_key(auth.key_prefix(prefix.rstrip("…")))
-        if not revoked:
-            raise click.ClickException(f"no active key with prefix {prefix!r}")
-        click.echo("revoked")
 
-    app.cli.add_command(keys)
+def _database() -> Any:
+    return current_app.extensions["customers.db"]
 
-    @app.cli.command("backup")
-    @click.argument("destination", type=click.Path(dir_okay=False))
-    def backup(destination: str) -> None:
-        """Copy the live SQLite database to DESTINATION (a new file), safely while the
-        service runs."""
-        try:
-            count = models.backup_sqlite(app.extensions["customers.db"], destination)
-        except (ValueError, FileExistsError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"backed up {count} customers to {destination}")
 
-    @app.cli.command("copy-to")
-    @click.argument("target_url")
-    def copy_to(target_url: str) -> None:
-        """Copy all data (organizations, keys, customers) into the empty database at
-        TARGET_URL, e.g. to move from SQLite to PostgreSQL."""
-        target = models.open_database(target_url)
-        try:
-            copied = models.copy_database(app.extensions["customers.db"], target)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        finally:
-            target.close_all()
-        click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")
+keys_command = AppGroup("keys", help="Mint, list and revoke API keys.")
+
+
+@keys_command.command("create")
+@click.option("--org", "organization", required=True, help="Organization name.")
+def create_key(organization: str) -> None:
+    """Mint a key (creating the organization when new); prints it, once."""
+    with models.using(_database()):
+        key = auth.create_key(organization)
+    click.echo(f"New key for organization {organization!r}; it is shown only this once:")
+    click.echo(key)
+
+
+@keys_command.command("list")
+def list_keys() -> None:
+    """Organizations and key prefixes (never whole keys)."""
+    with models.using(_database()):
+        rows = models.list_api_keys()
+    click.echo(f"{'ORGANIZATION':<24} {'PREFIX':<14} {'CREATED':<20} REVOKED")
+    for row in rows:
+        revoked = row["revoked_at"].isoformat(" ") if row["revoked_at"] else "-"
+        click.echo(
+            f"{row['organization']:<24} {row['prefix'] + '…':<14} "
+            f"{row['created_at'].isoformat(' '):<20} {revoked}"
+        )
+
+
+@keys_command.command("revoke")
+@click.argument("prefix")
+def revoke_key(prefix: str) -> None:
+    """Revoke the key whose prefix (as `keys list` shows it) or whole value is PREFIX."""
+    with models.using(_database()):
+        revoked = models.revoke_api_key(auth.key_prefix(prefix.rstrip("…")))
+    if not revoked:
+        raise click.ClickException(f"no active key with prefix {prefix!r}")
+    click.echo("revoked")
+
+
+@click.command("backup")
+@click.argument("destination", type=click.Path(dir_okay=False))
+@with_appcontext
+def backup_command(destination: str) -> None:
+    """Copy the live SQLite database to DESTINATION (a new file), safely while the
+    service runs."""
+    try:
+        count = models.backup_sqlite(_database(), destination)
+    except FileExistsError:
+        raise click.ClickException(f"{destination} exists already; name a new file") from None
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {count} customers to {destination}")
+
+
+@click.command("copy-to")
+@click.argument("target_url")
+@with_appcontext
+def copy_to_command(target_url: str) -> None:
+    """Copy all data (organizations, keys, customers) into the empty database at
+    TARGET_URL, e.g. to move from SQLite to PostgreSQL."""
+    target = models.open_database(target_url)
+    try:
+        copied = models.copy_database(_database(), target)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        target.close_all()
+    click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")
+
+
+COMMANDS = (keys_command, backup_command, copy_to_command)

@@ -26,7 +26,7 @@ KEY_TAG = "lk_"
 PREFIX_LENGTH = len(KEY_TAG) + 8
 # What `mint_key` makes. Anything else is not looked up at all, so that a stray secret
 # pasted into the header never reaches a query (or peewee's debug log of it).
-_MINTED_KEY = re.compile(r"lk_[A-Za-z0-9_-]{43}")
+MINTED_KEY = re.compile(r"lk_[A-Za-z0-9_-]{43}")
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -83,7 +83,7 @@ class KeyChecker:
         presented = hash_key(key)
         if self._env_hash is not None and hmac.compare_digest(presented, self._env_hash):
             return self.default_organization_id
-        if not _MINTED_KEY.fullmatch(key):
+        if not MINTED_KEY.fullmatch(key):
             return None
         found = models.find_active_key(key_prefix(key))
         if found is not None and hmac.compare_digest(presented, found[1]):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import sys
 import uuid
 
 from gunicorn import util
@@ -95,3 +96,11 @@ class DropRequestBytes(logging.Filter):
 
 def on_starting(server):
     server.log.error_log.addFilter(DropRequestBytes())
+    # A bad setting stops the start here, in one line, before any worker boots.
+    import app
+
+    try:
+        server.log.info(app.startup_line(os.environ, server.num_workers))
+    except ValueError as exc:
+        print(f"customers-registry: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -123,8 +123,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 @cache
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document (built once per process)."""
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of release `version` (built once per process)."""
     schema = schemas.CustomerSchema()
     inputs = {name: _input_property(f) for name, f in schema.load_fields.items()}
     outputs = {name: _output_property(name, f) for name, f in schema.dump_fields.items()}
@@ -174,7 +174,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "Customers registry (Lago customers API)",
-            "version": "1.0.0",
+            "version": version,
             "description": "Create or update, read, list and delete an organization's "
             "customers, keyed by the caller's customer_id.",
         },

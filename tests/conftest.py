@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 import models
 from app import create_app
 
-pytest_plugins = ["double"]
+pytest_plugins = ["customers_registry.pytest_plugin"]
 
 API_KEY = "test-key-0123456789abcdef0123456789abcdef"
 BACKEND = os.environ.get("TEST_DATABASE", "sqlite")

@@ -296,26 +296,12 @@ def readme_recipe(name: str) -> str:
     return match.group(1)
 
 
-def test_readme_shell_recipe(tmp_path):
-    (tmp_path / "seed.json").write_text(json.dumps(SEED))
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_recipe("shell")],
-        cwd=tmp_path,
-        env={**os.environ, "CUSTOMERS": str(REPO), "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert '"customer_id":"seeded-1"' in result.stdout
-    assert leftovers(tmp_path) == []
-
-
-def test_readme_pytest_recipe(tmp_path):
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ["double"]\n')
+def test_readme_pytest_recipe_in_a_checkout(tmp_path):
+    # Installed, the entry point loads the plugin (tests/test_packaging.py); here, -p does.
     (tmp_path / "test_recipe.py").write_text(readme_recipe("pytest"))
+    plugin = ["-p", "customers_registry.pytest_plugin", "-p", "no:cacheprovider"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", *plugin, str(tmp_path)],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,

@@ -111,7 +111,10 @@ def test_log_format_shows_the_request_id(make_app, capfd, monkeypatch):
 
 def test_health_is_ok_without_a_key(client):
     response = client.get("/health")
-    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.get_json()) == (
+        200,
+        {"status": "ok", "version": app_module.__version__},
+    )
 
 
 def _break_the_database(app, tmp_path):

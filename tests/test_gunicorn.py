@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +14,7 @@ import pytest
 
 import models
 from tests.conftest import API_KEY, auth, database_of, stored_customers
-from tests.support import Gunicorn, request
+from tests.support import REPO, Gunicorn, free_port, request
 from tests.test_read_delete import AWKWARD_IDS, path_of
 
 
@@ -198,3 +201,49 @@ def test_awkward_customer_ids_round_trip_over_http(server, database_url):
         gone = request(server.port, "GET", path_of(customer_id), headers=auth())
         assert (gone.status, gone.json()["code"]) == (404, "customer_not_found")
     assert rows(database_url) == []
+
+
+def test_start_up_line_names_release_database_workers_and_key_setting(tmp_path):
+    import app
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with Gunicorn({"DATABASE_URL": url, "API_KEY": API_KEY}, log_path=tmp_path / "g.log"):
+        pass
+    log = (tmp_path / "g.log").read_text()
+    expected = f"customers-registry {app.__version__} starting: database {url}, 2 workers"
+    assert [line for line in log.splitlines() if "starting:" in line][0].endswith(
+        f"{expected}, API_KEY setting active"
+    )
+    assert API_KEY not in log
+
+
+def test_start_up_line_masks_the_database_password():
+    import app
+
+    line = app.startup_line({"DATABASE_URL": "postgresql://u:pa%40ss@db:5432/c"}, workers=4)
+    assert "database postgresql://u:***@db:5432/c, 4 workers, API_KEY setting not set" in line
+    assert "pa%40ss" not in line
+
+
+def test_a_bad_setting_stops_gunicorn_with_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(REPO / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "app:create_app()",
+        ],
+        cwd=REPO,
+        env={**os.environ, "MAX_BODY_BYTES": "abc", "DATABASE_URL": f"sqlite:///{tmp_path}/b.db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "customers-registry: setting MAX_BODY_BYTES='abc' is not valid" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len((result.stderr + result.stdout).strip().splitlines()) <= 2  # gunicorn's banner

@@ -10,6 +10,7 @@ import pytest
 import models
 import openapi
 import schemas
+from app import __version__
 from tests.conftest import auth, mint_key, stored_customers
 
 NOT_FOUND = {"status": 404, "error": "Not Found", "code": "customer_not_found"}
@@ -242,7 +243,7 @@ def test_bad_page_parameters_are_422_keyed_by_the_parameter(client, name, value)
 
 
 def test_page_limits_are_the_ones_the_openapi_document_states(client):
-    parameters = openapi.document()["paths"]["/api/v1/customers"]["get"]["parameters"]
+    parameters = openapi.document(__version__)["paths"]["/api/v1/customers"]["get"]["parameters"]
     limits = {p["name"]: (p["schema"]["minimum"], p["schema"]["maximum"]) for p in parameters}
     assert limits == {"page": (1, schemas.MAX_PAGE), "per_page": (1, schemas.MAX_PER_PAGE)}
     for name, (_, maximum) in limits.items():

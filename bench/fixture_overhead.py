@@ -1,0 +1,91 @@
+"""What the `customers_double` fixture costs a test, over the same test against a double
+started once and never reset.
+
+    .venv/bin/python bench/fixture_overhead.py [tests] [rounds]
+
+Writes a throwaway suite of N tests (default 300), each making one upsert over HTTP, in
+two versions: one asks for `customers_double` (a reset before each test), the other for
+the session's double as it is. Runs each version with pytest, alternating, R rounds
+(default 3), and prints the median wall time of each and the difference per test. Both
+runs start the double once, so the difference is what the fixture adds to every test.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+TEST = """
+import http.client
+import json
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range({tests}))
+def test_one_upsert(n, {fixture}):
+    double = {fixture}
+    host, port = double.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps({{"customer": {{"customer_id": f"c-{{n}}", "name": "N"}}}})
+    connection.request("POST", "/api/v1/customers", body=body, headers=double.headers)
+    assert connection.getresponse().status == 200
+    connection.close()
+"""
+
+
+def run_suite(path: Path) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "customers_registry.pytest_plugin",
+            "-p",
+            "no:cacheprovider",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=path.parent,
+    )
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    tests = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    workdir = Path(tempfile.mkdtemp(prefix="customers-fixture-bench-"))
+    suites = {}
+    for fixture in ("customers_double", "customers_double_server"):
+        path = workdir / f"test_{fixture}.py"
+        path.write_text(TEST.format(tests=tests, fixture=fixture))
+        suites[fixture] = path
+    times: dict[str, list[float]] = {fixture: [] for fixture in suites}
+    for _ in range(rounds):
+        for fixture, path in suites.items():
+            times[fixture].append(run_suite(path))
+    fresh = statistics.median(times["customers_double"])
+    once = statistics.median(times["customers_double_server"])
+    print(
+        f"{datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, {tests} tests, {rounds} rounds"
+    )
+    print(f"customers_double (reset per test): median {fresh:.2f} s")
+    print(f"started once, never reset:         median {once:.2f} s")
+    print(f"fixture cost per test: {(fresh - once) / tests * 1000:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
