@@ -239,6 +239,7 @@ class Recorded:
     response: bytes | None = None
     response_truncated: bool = False
     fault: str | None = None
+    recorded: bool = False  # in the log already (or left out of it by a reset)
 
     def to_json(self) -> str:
         head = {
@@ -284,6 +285,7 @@ class DoubleMiddleware:
         self.faults = faults
         self._entries: deque[Recorded] = deque(maxlen=REQUEST_LOG_SIZE)
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by every reset
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         raw_path = environ.get("PATH_INFO", "")
@@ -300,24 +302,29 @@ class DoubleMiddleware:
             body=_redact_bytes(body[:RECORDED_BYTES], secrets),
             body_truncated=len(body) > RECORDED_BYTES,
         )
+        generation = self._generation
         fault = self.faults.take(method, path)
         try:
             if fault is not None:
                 entry.fault = fault.id
                 if fault.delay_ms:
                     time.sleep(fault.delay_ms / 1000)
+                    if generation != self._generation:
+                        # A reset came while this request waited: it belongs to a test
+                        # that has ended, so it neither runs nor leaves a trace.
+                        self._drop(entry, environ, secrets, generation)
                 if fault.status is not None:
                     return self._answer(
                         entry, environ, start_response, _fault_answer(fault, environ)
                     )
                 if fault.action == "drop":
-                    _drop(environ)
+                    self._drop(entry, environ, secrets, generation)
             status_line, headers, answer = _run(self.wsgi_app, environ)
             if fault is not None and fault.action == "drop_after_write":
-                _drop(environ)
+                self._drop(entry, environ, secrets, generation)
             return self._answer(entry, environ, start_response, (status_line, headers, answer))
         finally:
-            self._record(entry, secrets)
+            self._record(entry, secrets, generation)
 
     def _answer(self, entry: Recorded, environ: dict, start_response: Any, answer: tuple):
         status_line, headers, data = answer
@@ -331,11 +338,26 @@ class DoubleMiddleware:
         presented = auth.bearer_token(environ.get("HTTP_AUTHORIZATION"))
         return [secret for secret in (self.api_key, presented) if secret]
 
-    def _record(self, entry: Recorded, secrets: list[str]) -> None:
+    def _drop(self, entry: Recorded, environ: dict, secrets: list[str], generation: int):
+        """Record the request, then close its connection without a byte of answer
+        (recorded first: the client may send its next request the moment it sees the
+        connection close)."""
+        self._record(entry, secrets, generation)
+        connection = environ.get("werkzeug.socket")
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        raise Dropped("connection dropped by a fault")
+
+    def _record(self, entry: Recorded, secrets: list[str], generation: int) -> None:
+        if entry.recorded:
+            return
+        entry.recorded = True
         if entry.response is not None:
             entry.response = _redact_bytes(entry.response, secrets)
         with self._lock:
-            self._entries.append(entry)
+            if generation == self._generation:  # else a reset came meanwhile
+                self._entries.append(entry)
 
     def last(self, count: int) -> list[Recorded]:
         with self._lock:
@@ -345,6 +367,7 @@ class DoubleMiddleware:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._generation += 1
 
 
 def _run(wsgi_app: Any, environ: dict[str, Any]) -> tuple[str, list, bytes]:
@@ -379,15 +402,6 @@ def _fault_answer(fault: Fault, environ: dict[str, Any]) -> tuple[str, list, byt
         *fault.headers.items(),
     ]
     return f"{status} {title}", headers, data
-
-
-def _drop(environ: dict[str, Any]) -> None:
-    """Close the connection without a byte of answer."""
-    connection = environ.get("werkzeug.socket")
-    if connection is not None:
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-    raise Dropped("connection dropped by a fault")
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:
@@ -506,11 +520,12 @@ def make_double_app(database_url: str, api_key: str = DEFAULT_API_KEY, **setting
 
 
 def reset_double(app: Flask) -> None:
-    """Forget every customer, recorded request and fault; keys stay."""
-    with models.using(app.extensions["customers.db"]):
-        models.clear_customers()
+    """Forget every customer, recorded request and fault; keys stay. A request still in
+    flight (one waiting out a delay) is dropped unrun when it wakes, and none is logged."""
     app.extensions["customers.double_log"].clear()
     app.extensions["customers.double_faults"].clear()
+    with models.using(app.extensions["customers.db"]):
+        models.clear_customers()
 
 
 class SeedError(ValueError):

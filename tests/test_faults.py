@@ -1,0 +1,394 @@
+"""The double's faults and request log, over real HTTP, against the running command
+(`double.py`, what `customers-double` runs): every row of the fault table, every 422,
+dropped connections that get no bytes at all, writes that commit with no answer, a
+request log that never holds a key and stays bounded in memory, and state kept across
+restarts with --database."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, Reply, request
+from tests.test_double import readme_recipe
+
+pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
+
+KEY = "fault-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CUSTOMER = {"customer": {"customer_id": "cus-1", "name": "Acme"}}
+
+
+class Command:
+    """`double.py` as a process: its port, and its memory."""
+
+    def __init__(self, tmp: Path, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "double.py"), "--api-key", KEY, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            text=True,
+        )
+        self.url = self.process.stdout.readline().strip()
+        assert self.url, self.process.stderr.read()
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(15)
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory):
+    running = Command(tmp_path_factory.mktemp("double"))
+    yield running
+    assert running.stop() == 0
+
+
+@pytest.fixture
+def port(command) -> int:
+    assert request(command.port, "POST", "/_double/reset").status == 200
+    return command.port
+
+
+def add_fault(port: int, **definition) -> Reply:
+    return request(port, "POST", "/_double/faults", {"fault": definition})
+
+
+def fault(port: int, **definition) -> dict:
+    reply = add_fault(port, **definition)
+    assert reply.status == 201, reply.body
+    return reply.json()["fault"]
+
+
+def upsert(port: int, customer_id: str = "cus-1", timeout: float = 30) -> Reply:
+    body = {"customer": {"customer_id": customer_id, "name": "Acme"}}
+    return request(port, "POST", "/api/v1/customers", body, AUTH, timeout=timeout)
+
+
+def get(port: int, customer_id: str = "cus-1") -> Reply:
+    return request(port, "GET", f"/api/v1/customers/{customer_id}", headers=AUTH)
+
+
+def recorded(port: int) -> list[dict]:
+    return request(port, "GET", "/_double/requests").json()["requests"]
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send one request as bytes; everything the double sends back until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def raw_upsert(customer_id: str) -> bytes:
+    body = json.dumps({"customer": {"customer_id": customer_id, "name": "Acme"}}).encode()
+    return (
+        b"POST /api/v1/customers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+# --- Registering ------------------------------------------------------------------------
+
+
+def test_a_fault_is_answered_with_every_key_and_its_defaults(port):
+    reply = add_fault(port, status=503)
+    assert reply.status == 201
+    registered = reply.json()["fault"]
+    assert re.fullmatch(r"[0-9a-f]{12}", registered.pop("id"))
+    assert registered == {
+        "method": None,
+        "path": None,
+        "status": 503,
+        "headers": {},
+        "delay_ms": 0,
+        "action": None,
+        "times": 1,
+        "remaining": 1,
+    }
+
+
+def test_every_bad_key_is_reported_at_once(port):
+    reply = add_fault(
+        port,
+        status=600,
+        action="drop",
+        delay_ms=-1,
+        times=0,
+        headers={"Retry-After": 2},
+        method="GET /",
+        path="/_double/requests",
+        colour="red",
+    )
+    assert reply.status == 422
+    assert reply.json() == {
+        "status": 422,
+        "error": "Unprocessable entity",
+        "message": "Validation error on the record",
+        "error_details": {
+            key: ["value_is_invalid"]
+            for key in (
+                "status",
+                "action",
+                "delay_ms",
+                "times",
+                "headers",
+                "method",
+                "path",
+                "colour",
+            )
+        },
+    }
+    assert request(port, "GET", "/_double/faults").json() == {"faults": []}
+
+
+@pytest.mark.parametrize(
+    "definition, key",
+    [
+        ({"status": 399}, "status"),
+        ({"status": "503"}, "status"),
+        ({"status": True}, "status"),
+        ({"status": 503, "action": "drop"}, "action"),
+        ({"action": "explode"}, "action"),
+        ({"delay_ms": 60_001}, "delay_ms"),
+        ({"delay_ms": 1.5}, "delay_ms"),
+        ({"times": -1}, "times"),
+        ({"times": "always"}, "times"),
+        ({"headers": ["Retry-After", "2"]}, "headers"),
+        ({"headers": {"Bad\nName": "x"}}, "headers"),
+        ({"headers": {"X-A": "line\r\nbreak"}}, "headers"),
+        ({"method": 7}, "method"),
+        ({"path": "api/v1/customers"}, "path"),
+        ({"path": "/_double/reset"}, "path"),
+    ],
+)
+def test_a_bad_definition_is_422_keyed_by_the_key(port, definition, key):
+    reply = add_fault(port, **definition)
+    assert (reply.status, reply.json()["error_details"]) == (422, {key: ["value_is_invalid"]})
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "The body is not strict JSON (RFC 8259, UTF-8)"),
+        (b'{"status": 503}', 'The body must be {"fault": {...}}'),
+        (b'{"fault": [503]}', "fault must be a JSON object"),
+    ],
+)
+def test_a_malformed_registration_is_400(port, body, message):
+    reply = request(port, "POST", "/_double/faults", body, {"Content-Type": "application/json"})
+    assert (reply.status, reply.json()) == (
+        400,
+        {"status": 400, "error": "Bad Request", "message": message},
+    )
+
+
+# --- What a fault does ----------------------------------------------------------------------
+
+
+def test_status_answers_the_envelope_with_its_headers_and_writes_nothing(port):
+    registered = fault(port, status=503, headers={"Retry-After": "2"})
+    reply = upsert(port)
+    assert (reply.status, reply.json()) == (503, {"status": 503, "error": "Service Unavailable"})
+    assert reply.headers["Retry-After"] == "2"
+    assert reply.headers["Content-Type"] == "application/json"
+    assert reply.headers["X-Request-Id"]
+    assert get(port).status == 404  # nothing was written
+    [posted, read] = recorded(port)
+    assert (posted["status"], posted["fault"]) == (503, registered["id"])
+    assert posted["response"] == {"status": 503, "error": "Service Unavailable"}
+    assert (read["status"], read["fault"]) == (404, None)
+
+
+def test_status_faults_use_the_contracts_titles(port):
+    for status, title in [
+        (422, "Unprocessable entity"),
+        (429, "Too Many Requests"),
+        (500, "Internal Server Error"),
+    ]:
+        fault(port, status=status)
+        assert upsert(port).json() == {"status": status, "error": title}
+    fault(port, status=400)
+    assert upsert(port).json()["message"]
+
+
+def test_times_counts_down_and_a_used_up_fault_stays_listed(port):
+    registered = fault(port, status=500, times=2)
+    assert registered["remaining"] == 2
+    assert [upsert(port).status for _ in range(3)] == [500, 500, 200]
+    [listed] = request(port, "GET", "/_double/faults").json()["faults"]
+    assert (listed["id"], listed["times"], listed["remaining"]) == (registered["id"], 2, 0)
+
+
+def test_times_null_applies_until_removed(port):
+    registered = fault(port, status=502, times=None)
+    assert (registered["times"], registered["remaining"]) == (None, None)
+    assert [upsert(port).status for _ in range(5)] == [502] * 5
+    assert request(port, "DELETE", "/_double/faults").json() == {"faults": []}
+    assert upsert(port).status == 200
+
+
+def test_faults_match_method_and_decoded_path(port):
+    assert upsert(port, "cus 1/é").status == 200
+    fault(port, method="get", path="/api/v1/customers/cus 1/é", status=418, times=None)
+    assert request(port, "DELETE", "/api/v1/customers/cus%201%2F%C3%A9", headers=AUTH).status == 200
+    assert get(port, "cus%201%2F%C3%A9").status == 418
+    assert get(port, "other").status == 404
+
+
+def test_without_a_path_any_api_path_but_not_health_or_control_routes(port):
+    fault(port, status=503, times=None)
+    assert request(port, "GET", "/health").status == 200
+    assert request(port, "GET", "/_double/faults").status == 200
+    assert request(port, "GET", "/api/v1/nowhere").status == 503
+    assert get(port).status == 503
+    request(port, "DELETE", "/_double/faults")
+    fault(port, path="/health", status=503)
+    assert request(port, "GET", "/health").status == 503
+
+
+def test_the_first_registered_applies_first(port):
+    first = fault(port, status=500)
+    second = fault(port, status=503)
+    assert [upsert(port).status for _ in range(3)] == [500, 503, 200]
+    assert [r["fault"] for r in recorded(port)] == [first["id"], second["id"], None]
+
+
+def test_delay_alone_then_runs_the_request(port):
+    fault(port, delay_ms=300)
+    began = time.monotonic()
+    reply = upsert(port)
+    assert time.monotonic() - began >= 0.3
+    assert reply.status == 200 and get(port).status == 200
+
+
+def test_delay_makes_a_client_time_out(port):
+    fault(port, delay_ms=2000, status=504)
+    with pytest.raises(TimeoutError):
+        upsert(port, timeout=0.2)
+
+
+def test_drop_closes_with_no_bytes_and_writes_nothing(port):
+    registered = fault(port, action="drop")
+    assert raw_exchange(port, raw_upsert("dropped")) == b""
+    assert get(port, "dropped").status == 404
+    entry = recorded(port)[0]
+    assert (entry["status"], entry["response"], entry["fault"]) == (None, None, registered["id"])
+    assert entry["body"]["customer"]["customer_id"] == "dropped"
+
+
+def test_drop_after_write_commits_and_sends_no_bytes(port):
+    fault(port, action="drop_after_write")
+    assert raw_exchange(port, raw_upsert("written")) == b""
+    stored = get(port, "written")
+    assert stored.status == 200
+    assert (recorded(port)[0]["status"], recorded(port)[0]["response"]) == (None, None)
+
+
+def test_reset_forgets_faults(port):
+    fault(port, status=503, times=None)
+    assert request(port, "POST", "/_double/reset").status == 200
+    assert request(port, "GET", "/_double/faults").json() == {"faults": []}
+    assert upsert(port).status == 200
+
+
+# --- The request log ------------------------------------------------------------------------
+
+
+def test_keys_are_never_recorded_wherever_they_were_put(port):
+    minted = "lk_" + "A" * 43
+    body = {"customer": {"customer_id": "k", "name": f"{KEY} and {minted}"}}
+    request(port, "POST", f"/api/v1/customers?api_key={KEY}&token=abc&page=2", body, AUTH)
+    request(port, "GET", f"/api/v1/customers/{minted}", headers={"Authorization": "Bearer wrong-1"})
+    request(port, "GET", "/api/v1/customers?access_token=wrong-2", headers=AUTH)
+    text = json.dumps(recorded(port))
+    for secret in (KEY, minted, "abc", "wrong-1", "wrong-2"):
+        assert secret not in text, secret
+    first = recorded(port)[0]
+    assert first["query"] == "api_key=[redacted]&token=[redacted]&page=2"
+    assert first["body"]["customer"]["name"] == "[redacted] and [redacted]"
+
+
+def test_long_bodies_are_kept_cut_short_and_marked(port):
+    padding = "p" * 20_000
+    body = {"customer": {"customer_id": "long", "name": "Long", "pad": padding}}
+    assert request(port, "POST", "/api/v1/customers", body, AUTH).status == 200
+    upsert(port, "short")
+    long_entry, short_entry = recorded(port)
+    assert long_entry["body_truncated"] is True
+    assert isinstance(long_entry["body"], str) and len(long_entry["body"].encode()) == 16 * 1024
+    assert short_entry["body_truncated"] is False and isinstance(short_entry["body"], dict)
+
+
+def test_memory_stays_bounded_whatever_is_sent(command, port, capsys):
+    body = b"[" + b",".join([b"{}"] * 21_845) + b"]"  # 64 KiB of empty objects
+    assert len(body) == 65_536
+    before = command.rss_mb()
+    for n in range(300):
+        reply = request(port, "POST", f"/anywhere/{n}", body, {"Content-Type": "application/json"})
+        assert reply.status == 404
+    listed = request(port, "GET", "/_double/requests")
+    assert len(listed.json()["requests"]) == 300
+    after = command.rss_mb()
+    with capsys.disabled():
+        print(f"\n  double RSS: {before:.0f} MB before, {after:.0f} MB after 300 x 64 KiB bodies")
+    assert after < 200
+
+
+# --- State across restarts ------------------------------------------------------------------
+
+
+def test_database_option_keeps_state_across_restarts(tmp_path):
+    database = tmp_path / "state.db"
+    first = Command(tmp_path, "--database", str(database))
+    try:
+        created = upsert(first.port, "kept").json()["customer"]
+    finally:
+        assert first.stop() == 0
+    assert database.exists()
+    second = Command(tmp_path, "--database", str(database))
+    try:
+        assert get(second.port, "kept").json()["customer"] == created
+    finally:
+        assert second.stop() == 0
+    assert database.exists()
+
+
+# --- The README's failure recipes, run as written -------------------------------------------
+
+
+def test_readme_failure_recipes(tmp_path):
+    (tmp_path / "test_failures.py").write_text(readme_recipe("failures"))
+    plugin = ["-p", "customers_registry.pytest_plugin", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *plugin, str(tmp_path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b4 passed\b", result.stdout), result.stdout
