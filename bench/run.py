@@ -245,6 +245,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes; no scale")
     parser.add_argument("--seconds", type=float, default=10, help="per profile")
+    parser.add_argument(
+        "--only",
+        metavar="PROFILE",
+        help='run only the profiles whose name starts so (e.g. "upsert, 16 conns"), no report',
+    )
     args = parser.parse_args()
     ensure_wrk()
     seconds = 2 if args.smoke else args.seconds
@@ -267,6 +272,8 @@ def main() -> None:
         ("upsert, 16 conns, NORMAL", BARE, "upsert.lua", 16, 0, normal),
         ("upsert, 16 conns, NORMAL", SERVICE, "upsert.lua", 16, 0, normal),
     ]
+    if args.only:
+        plan = [step for step in plan if step[0].startswith(args.only)]
     results = []
     for name, app, script, connections, stored, env in plan:
         result = run_profile(name, app, script, connections, seconds, stored, env)
@@ -278,7 +285,8 @@ def main() -> None:
             f"  worker RSS {', '.join(f'{mb:.0f}' for mb in result.rss_mb)} MB",
             flush=True,
         )
-    report(results, args.smoke)
+    if not args.only:
+        report(results, args.smoke)
 
 
 def report(results: list[Result], smoke: bool) -> None:
