@@ -36,6 +36,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 import auth
+import connections
+import migrations
 import models
 import openapi
 import schemas
@@ -361,7 +363,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         n = settings.trust_proxy
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
 
-    db = models.open_database(
+    db = connections.open_database(
         settings.database_url,
         busy_timeout=settings.db_timeout,
         synchronous=settings.sqlite_synchronous,
@@ -374,6 +376,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         log.warning("database unavailable at start (%s); trying again on each request", exc)
     app.extensions["customers.db"] = db
     app.extensions["customers.keys"] = checker
+    app.extensions["customers.preparation"] = prepare
 
     _register_hooks(app, db, prepare)
     _register_errors(app)
@@ -383,7 +386,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 class DatabasePreparation:
-    """Creates missing tables, and the organization of the `API_KEY` setting.
+    """Brings the schema up to date (migrations.py: creates it in an empty database,
+    upgrades an older one, refuses a newer one), and makes the organization of the
+    `API_KEY` setting.
 
     Run at start; if the database cannot be reached then, run again by every request
     until it succeeds. A worker that boots during a database outage (a restart, a
@@ -396,6 +401,7 @@ class DatabasePreparation:
         self.checker = checker
         self.default_organization = default_organization
         self.done = False
+        self.upgraded_from: int | None = None  # the schema version found, if it was older
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
@@ -404,19 +410,43 @@ class DatabasePreparation:
         with self._lock:
             if self.done:
                 return
-            models.create_tables(self.db)
+            found, now = migrations.upgrade(self.db)
+            if found is not None and found != now:
+                self.upgraded_from = found
             if self.default_organization:
-                with models.using(self.db):
+                with connections.using(self.db):
                     organization_id = models.ensure_organization(models.DEFAULT_ORGANIZATION)
                 self.checker.default_organization_id = organization_id
             self.done = True
+
+
+def check_database(environ: Mapping[str, str]) -> None:
+    """Refuse, before gunicorn forks its workers, a database that a newer release has
+    upgraded (the workers upgrade an older one, under the schema lock). Reads only; a
+    database that does not exist yet or cannot be reached now is left to the workers.
+    Raises ValueError for a bad setting and migrations.SchemaTooNew."""
+    settings = Settings.from_mapping(environ)
+    url = settings.database_url
+    if url.startswith("sqlite:") and not os.path.exists(url.split(":///", 1)[-1]):
+        return
+    db = connections.open_database(url, busy_timeout=settings.db_timeout)
+    try:
+        with connections.using(db):
+            found = migrations.version_of(db)
+    except DATABASE_ERRORS as exc:
+        log.warning("database unavailable at start (%s); the workers will retry", exc)
+        return
+    finally:
+        db.close_all()
+    if found is not None and found > migrations.SCHEMA_VERSION:
+        raise migrations.SchemaTooNew(found)
 
 
 def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
     @app.before_request
     def start_request() -> None:
         g.request_id = request_id(request.headers.get("X-Request-Id", ""))
-        g.db_token = models.activate(db)
+        g.db_token = connections.activate(db)
         prepare()
 
     @app.after_request
@@ -435,7 +465,7 @@ def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
                 db.close()
         token = g.pop("db_token", None)
         if token is not None:
-            models.deactivate(token)
+            connections.deactivate(token)
 
 
 def _register_errors(app: Flask) -> None:
@@ -480,7 +510,7 @@ keys_command = AppGroup("keys", help="Mint, list and revoke API keys.")
 @click.option("--org", "organization", required=True, help="Organization name.")
 def create_key(organization: str) -> None:
     """Mint a key (creating the organization when new); prints it, once."""
-    with models.using(_database()):
+    with connections.using(_database()):
         key = auth.create_key(organization)
     click.echo(f"New key for organization {organization!r}; it is shown only this once:")
     click.echo(key)
@@ -489,7 +519,7 @@ def create_key(organization: str) -> None:
 @keys_command.command("list")
 def list_keys() -> None:
     """Organizations and key prefixes (never whole keys)."""
-    with models.using(_database()):
+    with connections.using(_database()):
         rows = models.list_api_keys()
     click.echo(f"{'ORGANIZATION':<24} {'PREFIX':<14} {'CREATED':<20} REVOKED")
     for row in rows:
@@ -504,7 +534,7 @@ def list_keys() -> None:
 @click.argument("prefix")
 def revoke_key(prefix: str) -> None:
     """Revoke the key whose prefix (as `keys list` shows it) or whole value is PREFIX."""
-    with models.using(_database()):
+    with connections.using(_database()):
         revoked = models.revoke_api_key(auth.key_prefix(prefix.rstrip("…")))
     if not revoked:
         raise click.ClickException(f"no active key with prefix {prefix!r}")
@@ -518,7 +548,7 @@ def backup_command(destination: str) -> None:
     """Copy the live SQLite database to DESTINATION (a new file), safely while the
     service runs."""
     try:
-        count = models.backup_sqlite(_database(), destination)
+        count = connections.backup_sqlite(_database(), destination)
     except FileExistsError:
         raise click.ClickException(f"{destination} exists already; name a new file") from None
     except (ValueError, RuntimeError) as exc:
@@ -532,14 +562,34 @@ def backup_command(destination: str) -> None:
 def copy_to_command(target_url: str) -> None:
     """Copy all data (organizations, keys, customers) into the empty database at
     TARGET_URL, e.g. to move from SQLite to PostgreSQL."""
-    target = models.open_database(target_url)
     try:
-        copied = models.copy_database(_database(), target)
+        target = connections.open_database(target_url)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        migrations.upgrade(target)
+        copied = models.copy_database(_database(), target)
+    except (ValueError, migrations.SchemaTooNew) as exc:
+        raise click.ClickException(f"{masked_url(target_url)}: {exc}") from None
+    except DATABASE_ERRORS as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"cannot reach {masked_url(target_url)}: {reason}") from None
     finally:
         target.close_all()
     click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")
 
 
-COMMANDS = (keys_command, backup_command, copy_to_command)
+@click.command("migrate")
+@with_appcontext
+def migrate_command() -> None:
+    """Bring the database's schema up to this release's version (the service does it
+    at start too); changes nothing on an up-to-date database."""
+    upgraded_from = current_app.extensions["customers.preparation"].upgraded_from
+    found, now = migrations.upgrade(_database())
+    if upgraded_from is not None:
+        click.echo(f"schema upgraded from version {upgraded_from} to {now}")
+    else:
+        click.echo(f"schema up to date at version {now}")
+
+
+COMMANDS = (keys_command, backup_command, copy_to_command, migrate_command)

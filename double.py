@@ -52,6 +52,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 import app as service
 import auth
+import connections
 import models
 import schemas
 
@@ -524,7 +525,7 @@ def reset_double(app: Flask) -> None:
     flight (one waiting out a delay) is dropped unrun when it wakes, and none is logged."""
     app.extensions["customers.double_log"].clear()
     app.extensions["customers.double_faults"].clear()
-    with models.using(app.extensions["customers.db"]):
+    with connections.using(app.extensions["customers.db"]):
         models.clear_customers()
 
 
@@ -551,7 +552,7 @@ def seed(app: Flask, document: Mapping[str, Any]) -> int:
         details = {str(position): errors for position, errors in exc.messages.items()}  # type: ignore[union-attr]
         raise SeedError(f"seed: invalid customers (by position): {details}", details) from None
     db = app.extensions["customers.db"]
-    with models.using(db), db.atomic():
+    with connections.using(db), db.atomic():
         organization_id = models.ensure_organization(models.DEFAULT_ORGANIZATION)
         for customer in customers:
             lago_id, created_at = customer.pop("lago_id"), customer.pop("created_at")

@@ -96,11 +96,14 @@ class DropRequestBytes(logging.Filter):
 
 def on_starting(server):
     server.log.error_log.addFilter(DropRequestBytes())
-    # A bad setting stops the start here, in one line, before any worker boots.
+    # A bad setting or a database of a newer release stops the start here, in one line,
+    # before any worker boots (the workers upgrade an older one).
     import app
+    import migrations
 
     try:
         server.log.info(app.startup_line(os.environ, server.num_workers))
-    except ValueError as exc:
+        app.check_database(os.environ)
+    except (ValueError, migrations.SchemaTooNew) as exc:
         print(f"customers-registry: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

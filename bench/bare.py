@@ -17,6 +17,8 @@ import uuid
 
 from flask import Flask, jsonify, request
 
+import connections
+import migrations
 import models
 import schemas
 
@@ -25,14 +27,14 @@ app = Flask(__name__)
 _url = os.environ["DATABASE_URL"]
 _path = _url.removeprefix("sqlite:///")
 _synchronous = os.environ.get("SQLITE_SYNCHRONOUS", "FULL")
-_db = models.open_database(_url, synchronous=_synchronous)
-models.create_tables(_db)
-with models.using(_db):
+_db = connections.open_database(_url, synchronous=_synchronous)
+migrations.upgrade(_db)
+with connections.using(_db):
     _organization = models.ensure_organization(models.DEFAULT_ORGANIZATION)
 _db.close_all()
 
-_turns = models.WriterTurns(_path + ".lock")
-_checkpointer = models.Checkpointer(_path, _synchronous)
+_turns = connections.WriterTurns(_path + ".lock")
+_checkpointer = connections.Checkpointer(_path, _synchronous)
 _connection = sqlite3.connect(_path, isolation_level=None, check_same_thread=False)
 _connection.execute("PRAGMA busy_timeout = 10000")
 _connection.execute(f"PRAGMA synchronous = {_synchronous}")

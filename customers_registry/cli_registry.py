@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     from gunicorn.app.base import BaseApplication
 
     import app as service  # the service's app.py, from the folder just put first
+    import migrations
 
     class Gunicorn(BaseApplication):
         """gunicorn with the shipped gunicorn.conf.py, serving `create_app()`."""
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             service.Settings.from_mapping(os.environ)  # a bad setting: one line, no start
         except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(str(exc)) from None  # (gunicorn.conf.py checks more)
         Gunicorn({"bind": [bind] if bind else None, "workers": workers}).run()
 
     for command in service.COMMANDS:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     info = ScriptInfo(create_app=service.create_app, set_debug_flag=False)
     try:
         registry.main(argv, prog_name="customers-registry", obj=info)
-    except ValueError as exc:  # a bad setting met while building the app for a command
+    except (ValueError, migrations.SchemaTooNew) as exc:  # met building the app for a command
         print(f"customers-registry: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -16,6 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+import connections
 import models
 from app import create_app
 
@@ -99,7 +100,7 @@ def auth(key: str = API_KEY) -> dict[str, str]:
 def stored_customers(source: Flask | str) -> list[dict[str, Any]]:
     """Every customer row as the database holds it, whatever the organization; `source`
     is an app or a database URL."""
-    with database_of(source) as db, models.using(db):
+    with database_of(source) as db, connections.using(db):
         return list(models.Customer.select().order_by(models.Customer.id).dicts())
 
 
@@ -112,7 +113,7 @@ class database_of:  # noqa: N801 - used as a context manager, like a function
 
     def __enter__(self):
         if isinstance(self.source, str):
-            self.db = models.open_database(self.source)
+            self.db = connections.open_database(self.source)
             return self.db
         return self.source.extensions["customers.db"]
 
@@ -125,10 +126,10 @@ def stored_text(app: Flask) -> bytes:
     """Everything the database holds, as bytes to search: the SQLite files byte for byte,
     or every row of every table on PostgreSQL."""
     db = app.extensions["customers.db"]
-    if models.is_sqlite(db):
+    if connections.is_sqlite(db):
         path = Path(db.database)
         return b"".join(f.read_bytes() for f in path.parent.glob(path.name + "*"))
-    with models.using(db):
+    with connections.using(db):
         rows = [str(list(model.select().tuples())) for model in models.TABLES]
     return "".join(rows).encode()
 

@@ -9,6 +9,7 @@ import re
 import pytest
 
 import auth
+import connections
 import models
 from tests.conftest import API_KEY, mint_key, stored_customers, stored_text
 from tests.conftest import auth as bearer
@@ -81,7 +82,7 @@ def test_minted_key_works_and_is_stored_only_as_a_hash(app):
     assert re.fullmatch(r"lk_[A-Za-z0-9_-]{43}", key)
     client = app.test_client()
     assert client.post("/api/v1/customers", json=CUSTOMER, headers=bearer(key)).status_code == 200
-    with models.using(app.extensions["customers.db"]):
+    with connections.using(app.extensions["customers.db"]):
         [row] = models.ApiKey.select().dicts()
     assert row["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
     assert row["prefix"] == key[: auth.PREFIX_LENGTH]
@@ -158,7 +159,7 @@ def test_without_api_key_setting_only_minted_keys_work(make_app):
 def test_api_key_setting_is_a_key_of_the_default_organization(app):
     client = app.test_client()
     client.post("/api/v1/customers", json=CUSTOMER, headers=bearer(API_KEY))
-    with models.using(app.extensions["customers.db"]):
+    with connections.using(app.extensions["customers.db"]):
         [row] = models.Customer.select(models.Organization.name).join(models.Organization).dicts()
     assert row["name"] == models.DEFAULT_ORGANIZATION
 
@@ -218,7 +219,7 @@ def test_the_database_never_holds_the_api_key_setting(app):
     content = stored_text(app)
     assert b"c-1" in content  # the search does see the customer written
     assert API_KEY.encode() not in content
-    with models.using(app.extensions["customers.db"]):
+    with connections.using(app.extensions["customers.db"]):
         assert models.ApiKey.select().count() == 0
 
 

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import connections
+import migrations
 import models
 from tests.conftest import API_KEY, auth, database_of, stored_customers
 from tests.support import REPO, Gunicorn, free_port, request
@@ -176,10 +178,11 @@ def test_many_processes_starting_on_a_brand_new_database(database_url):
     for process in processes:
         process.join(60)
     assert [p.exitcode for p in processes] == [0] * 8
-    with database_of(database_url) as db, models.using(db):
-        assert set(db.get_tables()) == {"organization", "api_key", "customer"}
+    with database_of(database_url) as db, connections.using(db):
+        assert set(db.get_tables()) == {"organization", "api_key", "customer", "schema_version"}
+        assert migrations.version_of(db) == migrations.SCHEMA_VERSION
         assert models.Organization.select().count() == 1
-        if models.is_sqlite(db):
+        if connections.is_sqlite(db):
             assert db.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import models
+import connections
 from tests.conftest import auth
 
 pytestmark = pytest.mark.sqlite_only
@@ -76,7 +76,7 @@ def test_closing_the_database_stops_the_checkpointer_for_good(app, client):
 
 def test_the_checkpointer_never_creates_a_missing_file(tmp_path):
     path = tmp_path / "gone.db"
-    checkpointer = models.Checkpointer(str(path), "NORMAL")
+    checkpointer = connections.Checkpointer(str(path), "NORMAL")
     checkpointer.wrote()
     assert checkpoint_threads(path)
     assert wait_for(lambda: not checkpoint_threads(path))

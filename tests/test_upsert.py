@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-import models
+import connections
 import schemas
 from tests.conftest import auth, database_of, stored_customers
 
@@ -468,7 +468,7 @@ def test_body_limit_is_a_setting(make_app):
 def test_every_customer_index_earns_its_keep(app):
     # Each index costs every insert a page write; one whose columns lead another index
     # (as peewee's automatic foreign-key index on organization_id did) buys nothing.
-    with database_of(app) as db, models.using(db):
+    with database_of(app) as db, connections.using(db):
         indexes = [tuple(index.columns) for index in db.get_indexes("customer")]
     assert ("organization_id", "customer_id") in indexes
     for index in indexes:
