@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -37,6 +36,8 @@ from werkzeug.routing import BaseConverter
 
 import auth
 import connections
+import logs
+import metrics
 import migrations
 import models
 import openapi
@@ -72,6 +73,7 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    log_format: str = "text"
     db_timeout: float = 10.0
     sqlite_synchronous: str = "FULL"
     trust_proxy: int = 0
@@ -92,6 +94,7 @@ class Settings:
             api_key=read("API_KEY", None),
             max_body_bytes=read("MAX_BODY_BYTES", cls.max_body_bytes, int),
             log_level=read("LOG_LEVEL", cls.log_level, str.upper),
+            log_format=read("LOG_FORMAT", cls.log_format, str.lower),
             db_timeout=read("DB_TIMEOUT", cls.db_timeout, float),
             sqlite_synchronous=read("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, str.upper),
             trust_proxy=read("TRUST_PROXY", cls.trust_proxy, int),
@@ -108,6 +111,8 @@ class Settings:
             raise ValueError("setting DB_TIMEOUT must be positive")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError(f"setting LOG_LEVEL={self.log_level!r} is not a log level")
+        if self.log_format not in logs.FORMATS:
+            raise ValueError(f"setting LOG_FORMAT={self.log_format!r} is not text or json")
         if self.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r} is not valid")
 
@@ -180,32 +185,6 @@ def handle_unexpected_error(exc: Exception) -> Response:
 
 
 # --- Logging ----------------------------------------------------------------------------
-
-
-class RequestIdFilter(logging.Filter):
-    """Stamps every log record with the id of the request being served ('-' outside one)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            record.request_id = g.get("request_id", "-")
-        except RuntimeError:  # outside an app context
-            record.request_id = "-"
-        return True
-
-
-def configure_logging(level: str) -> None:
-    """Send the service's log lines, stamped with the request id, to stderr (gunicorn's
-    error log). The logger is process-wide: the last app built sets its level."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
-    )
-    for old in list(log.handlers):
-        log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
 
 
 class CustomerIdConverter(BaseConverter):
@@ -349,7 +328,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     to call before gunicorn forks its workers.
     """
     settings = Settings.from_mapping(os.environ if config is None else config)
-    configure_logging(settings.log_level)
+    logs.configure(log, settings.log_level, settings.log_format, (settings.api_key or "",))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -378,6 +357,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["customers.keys"] = checker
     app.extensions["customers.preparation"] = prepare
 
+    metrics.instrument(app)  # first, so that its clock starts before the other hooks
     _register_hooks(app, db, prepare)
     _register_errors(app)
     _register_routes(app)

@@ -62,13 +62,21 @@ def deactivate(token: Token) -> None:
 @contextlib.contextmanager
 def using(db: Database, close: bool = True) -> Iterator[Database]:
     """Run a block against `db`, then (unless `close` is False, inside a transaction that
-    goes on) hand this thread's connection back."""
+    goes on) hand this thread's connection back to the pool; or, when the block failed,
+    close it for good. A connection that met a fault is not trusted again: SQLite opens a
+    file read-only when it cannot write it, and such a connection, pooled, would refuse
+    every write after the storage heals."""
     token = activate(db)
+    failed = True
     try:
         yield db
+        failed = False
     finally:
         if close and not db.is_closed():
-            db.close()
+            if failed:
+                db.manual_close()
+            else:
+                db.close()
         deactivate(token)
 
 

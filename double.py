@@ -43,7 +43,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
 
 from flask import Flask, jsonify, request
 from marshmallow import ValidationError
@@ -53,6 +52,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 import app as service
 import auth
 import connections
+import logs
 import models
 import schemas
 
@@ -65,10 +65,7 @@ RECORDED_BYTES = 16 * 1024
 CONTROL_PREFIX = "/_double/"
 API_PREFIX = "/api/v1/"
 MAX_DELAY_MS = 60_000
-REDACTED = "[redacted]"
 _MINTED_KEY_BYTES = re.compile(auth.MINTED_KEY.pattern.encode())
-# Query parameters whose value is a credential whatever it looks like.
-_SECRET_PARAMETER = re.compile(r"key|token|auth|secret|password|credential", re.IGNORECASE)
 
 
 # --- Faults -------------------------------------------------------------------------------
@@ -298,8 +295,8 @@ class DoubleMiddleware:
         secrets = self._secrets(environ)
         entry = Recorded(
             method=method,
-            path=_redact(path, secrets),
-            query=_redacted_query(environ.get("QUERY_STRING", ""), secrets),
+            path=logs.redact(path, secrets),
+            query=logs.redacted_query(_decoded_path(environ.get("QUERY_STRING", "")), secrets),
             body=_redact_bytes(body[:RECORDED_BYTES], secrets),
             body_truncated=len(body) > RECORDED_BYTES,
         )
@@ -425,27 +422,10 @@ def _decoded_path(path: str) -> str:
     return path.encode("latin-1").decode("utf-8", "replace")
 
 
-def _redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return auth.MINTED_KEY.sub(REDACTED, text)
-
-
 def _redact_bytes(data: bytes, secrets: list[str]) -> bytes:
     for secret in secrets:
-        data = data.replace(secret.encode("utf-8", "surrogateescape"), REDACTED.encode())
-    return _MINTED_KEY_BYTES.sub(REDACTED.encode(), data)
-
-
-def _redacted_query(query: str, secrets: list[str]) -> str:
-    """The query string, decoded, with the value of any credential-named parameter and
-    any key hidden."""
-    pairs = parse_qsl(_decoded_path(query), keep_blank_values=True)
-    cleaned = [
-        (name, REDACTED if _SECRET_PARAMETER.search(name) else _redact(value, secrets))
-        for name, value in pairs
-    ]
-    return _redact(urlencode(cleaned, safe="/[]:@,", quote_via=quote), secrets)
+        data = data.replace(secret.encode("utf-8", "surrogateescape"), logs.REDACTED.encode())
+    return _MINTED_KEY_BYTES.sub(logs.REDACTED.encode(), data)
 
 
 # --- The app --------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import uuid
 
 from gunicorn import util
@@ -47,11 +49,13 @@ preload_app = False
 # at 4 KiB itself and answers 414, so whatever it passes on fits here.
 limit_request_line = 8190
 
-# Access log on stdout, one line a request, carrying the request id the app answered
-# with (nginx's, the caller's or a new one) and the client address the app saw.
+# Access log on stdout, one line a request with its request id (nginx's, the caller's or
+# a new one), the client address the app saw and the duration to the microsecond; the
+# error log on stderr. Both in LOG_FORMAT (text, or json: one object a line), written by
+# logs.GunicornLogger, which keeps every key out of them.
 accesslog = os.environ.get("ACCESS_LOG", "-")
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s "%(a)s"'
 errorlog = "-"
+logger_class = "logs.GunicornLogger"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 # The control socket (gunicorn 23+) would be written under $HOME; not needed here.
@@ -94,8 +98,32 @@ class DropRequestBytes(logging.Filter):
         return True
 
 
+# Metrics: each worker writes its values to files in this folder and /metrics sums them
+# (prometheus_client's multiprocess mode). Set PROMETHEUS_MULTIPROC_DIR to choose it; it
+# is emptied at start. Otherwise a temporary folder is made here, and removed at exit.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="customers-metrics-")
+    os.environ["CUSTOMERS_METRICS_DIR_MADE"] = "1"
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if os.environ.pop("CUSTOMERS_METRICS_DIR_MADE", None):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
 def on_starting(server):
     server.log.error_log.addFilter(DropRequestBytes())
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for stale in os.listdir(metrics_dir):  # a previous run's values
+        if stale.endswith(".db"):
+            os.remove(os.path.join(metrics_dir, stale))
     # A bad setting or a database of a newer release stops the start here, in one line,
     # before any worker boots (the workers upgrade an older one).
     import app
@@ -105,5 +133,5 @@ def on_starting(server):
         server.log.info(app.startup_line(os.environ, server.num_workers))
         app.check_database(os.environ)
     except (ValueError, migrations.SchemaTooNew) as exc:
-        print(f"customers-registry: {exc}", file=sys.stderr, flush=True)
+        server.log.error("customers-registry: %s", exc)
         sys.exit(2)

@@ -40,13 +40,17 @@ def via_nginx(nginx: Nginx, method: str, path: str, body=None, headers=None, **k
     )
 
 
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
 def access_line(gunicorn: Gunicorn, request_id: str, timeout: float = 5) -> str:
-    """gunicorn's access-log line of the request with this id."""
+    """gunicorn's access-log line of the request with this id, after its timestamp."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in gunicorn.log_path.read_text().splitlines():
             if f"request_id={request_id} " in line:
-                return line
+                assert TIMESTAMP.match(line), line
+                return TIMESTAMP.sub("", line, count=1)
         time.sleep(0.05)
     raise AssertionError(f"no access-log line for {request_id}")
 

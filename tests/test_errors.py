@@ -6,8 +6,10 @@ import logging
 import os
 
 import pytest
+from peewee import OperationalError, ProgrammingError
 
 import app as app_module
+import connections
 import models
 from tests.conftest import auth
 
@@ -188,3 +190,18 @@ def test_environment_is_read_without_a_mapping(tmp_path, monkeypatch):
     )
     big = {"customer": {"customer_id": "c-2", "name": "x" * 120}}
     assert client.post("/api/v1/customers", json=big, headers=auth("env-key")).status_code == 413
+
+
+def test_a_connection_that_met_an_error_is_not_pooled_again(app):
+    # A SQLite connection opened while its file could not be written stays read-only;
+    # pooled again, it refused every write after the storage healed.
+    db = app.extensions["customers.db"]
+    with connections.using(db):
+        healthy = db.connection()
+    with connections.using(db):
+        assert db.connection() is healthy  # handed back, and reused
+    with pytest.raises((OperationalError, ProgrammingError)), connections.using(db):
+        failed = db.connection()
+        db.execute_sql("SELECT * FROM no_such_table")
+    with connections.using(db):
+        assert db.connection() is not failed

@@ -1,0 +1,74 @@
+"""Prometheus metrics: every request counted, and timed, by method, route and status.
+
+Under gunicorn each worker writes its values to files in PROMETHEUS_MULTIPROC_DIR
+(gunicorn.conf.py makes one when it is not set) and `GET /metrics` sums every worker's,
+prometheus_client's multiprocess mode. Elsewhere (the double, the test client) the
+process's own values are served.
+
+The route label is the route's pattern (`/api/v1/customers/<customer_id>`), never a raw
+path, so a customer_id never becomes a label; requests that match no route share one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+UNMATCHED = "unmatched"
+
+REQUESTS = Counter(
+    "customers_http_requests",
+    "HTTP requests answered, refused ones included.",
+    ["method", "route", "status"],
+)
+DURATION = Histogram(
+    "customers_http_request_duration_seconds",
+    "Time from the request's arrival in the app to its answer.",
+    ["method", "route"],
+)
+
+
+def instrument(app: Flask) -> None:
+    """Count and time every request of `app`, and serve `GET /metrics`."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        started = g.get("metrics_started")
+        rule = request.url_rule
+        route = rule.rule.replace(":customer_id>", ">") if rule is not None else UNMATCHED
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        if started is not None:
+            DURATION.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    app.add_url_rule(
+        "/metrics",
+        "metrics",
+        view_func=exposition,
+        methods=["GET"],
+        provide_automatic_options=False,
+    )
+
+
+def exposition() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
