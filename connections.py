@@ -130,10 +130,46 @@ def open_database(
             db.checkpointer = Checkpointer(path, synchronous)
         return db
     if scheme in ("postgres", "postgresql"):
-        return PooledPostgresqlDatabase(
+        return PostgresPool(
             params.pop("database"), max_connections=max_connections, timeout=busy_timeout, **params
         )
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported")
+
+
+class PostgresPool(PooledPostgresqlDatabase):
+    """Peewee's PostgreSQL pool, pinging a connection on check-out only after it has been
+    idle a while.
+
+    Peewee sends `SELECT 1` every time it hands out a pooled connection, to find one the
+    server has closed: a network round trip and a statement on the server for every
+    request (pg_stat_statements: one `SELECT $1` per request, as many as the statements
+    the requests run). A connection handed back less than PING_AFTER seconds ago is used
+    without one. If the server went away meanwhile, the request meets the broken
+    connection, answers 503 and the connection is closed for good (`using`, and the
+    request teardown in app.py): a server restart costs at most one 503 per connection
+    that was busy less than PING_AFTER seconds before it.
+    """
+
+    PING_AFTER = 1.0
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._returned_at: dict[int, float] = {}
+
+    def _is_closed(self, conn: Any) -> bool:
+        returned = self._returned_at.pop(self.conn_key(conn), None)
+        if conn.closed:
+            return True
+        if returned is not None and time.monotonic() - returned < self.PING_AFTER:
+            return self._adapter.txn_status(conn) == self._adapter.txn_unknown
+        return super()._is_closed(conn)
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        key = self.conn_key(conn)
+        self._returned_at[key] = time.monotonic()
+        super()._close(conn, close_conn)
+        if close_conn or conn.closed:  # not back in the pool
+            self._returned_at.pop(key, None)
 
 
 class SqliteFileDatabase(PooledSqliteDatabase):

@@ -48,6 +48,7 @@ class Result:
     errors: int
     rss_mb: list[float] = field(default_factory=list)
     cpu_us: float = 0.0  # the workers' CPU time (user + system) per request
+    db_cpu_us: float = 0.0  # PostgreSQL's processes' CPU time per request (0: SQLite)
 
 
 def ensure_wrk() -> str:
@@ -104,16 +105,24 @@ class Server:
 
     def worker_cpu_seconds(self) -> float:
         """User + system CPU time the workers have used so far (threads included)."""
-        ticks = 0
-        for pid in self.workers():
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(stat[11]) + int(stat[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.workers())
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
         self.log.close()
+
+
+def cpu_seconds(pids: list[str]) -> float:
+    """User + system CPU time these processes have used so far (threads included)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        ticks += int(stat[11]) + int(stat[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port: int, script: str, connections: int, seconds: float, env: dict) -> dict:
@@ -199,13 +208,87 @@ def service_env(db: Path) -> dict[str, str]:
     return {"DATABASE_URL": f"sqlite:///{db}", "API_KEY": KEY, "LOG_LEVEL": "WARNING"}
 
 
+class Postgres:
+    """The bench's own PostgreSQL (Debian's, as the tests run it: tests/servers.py), on
+    127.0.0.1, default settings but for `fsync` and `synchronous_commit`, which stay on:
+    a commit is on disk before the 200, as with SQLITE_SYNCHRONOUS=FULL."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(REPO))
+        from tests.servers import PostgresServer
+
+        self.server = PostgresServer().start()
+
+    def database(self) -> str:
+        return self.server.create_database()
+
+    def drop(self, url: str) -> None:
+        self.server.drop_database(url)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and its backends (ended backends not counted: the
+        service's pooled connections live through a profile)."""
+        main = str(self.server.process.pid)
+        children = Path(f"/proc/{main}/task/{main}/children").read_text().split()
+        return cpu_seconds([main, *children])
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def bulk_load_postgres(url: str, count: int) -> None:
+    """`count` customers of the upserts' shape (bench_customer) straight into PostgreSQL,
+    ten a second; the count trigger is off meanwhile and the count set once."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cursor:
+            cursor.execute("SELECT id FROM organization WHERE name = 'default'")
+            (org,) = cursor.fetchone()
+            cursor.execute("ALTER TABLE customer DISABLE TRIGGER customer_counted")
+            cursor.execute(
+                """INSERT INTO customer (lago_id, organization_id, customer_id, name,
+                address_line1, city, country, email, legal_name, legal_number, logo_url,
+                phone, state, url, zipcode, created_at, updated_at)
+                SELECT gen_random_uuid(), %s, 'cus-' || n, 'Customer ' || n, n || ' Main St',
+                'Springfield', (ARRAY['US','FR','DE','GB','JP','BR','IN','CA'])[n %% 8 + 1],
+                'c' || n || '@example.test', 'Customer ' || n || ' LLC', 'LN-' || n,
+                'https://example.test/' || n || '.png',
+                '+1 555 ' || lpad((n %% 10000)::text, 4, '0'),
+                'CA', 'https://example.test/' || n, lpad((n %% 100000)::text, 5, '0'),
+                timestamp '2020-01-01' + (n / 10) * interval '1 second',
+                timestamp '2020-01-01' + (n / 10) * interval '1 second'
+                FROM generate_series(0, %s) AS n""",
+                (org, count - 1),
+            )
+            cursor.execute("ALTER TABLE customer ENABLE TRIGGER customer_counted")
+            cursor.execute(
+                "UPDATE organization SET customer_count = %s WHERE id = %s", (count, org)
+            )
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+    finally:
+        conn.close()
+
+
 def run_profile(
-    name: str, app: str, script: str, connections: int, seconds: float, stored: int, env: dict
+    name: str,
+    app: str,
+    script: str,
+    connections: int,
+    seconds: float,
+    stored: int,
+    env: dict,
+    postgres: Postgres | None = None,
 ) -> Result:
     with tempfile.TemporaryDirectory(prefix="customers-bench-") as tmp:
         workdir = Path(tmp)
         db = workdir / "bench.db"
         server_env = {**service_env(db), **env}
+        if postgres is not None:
+            server_env["DATABASE_URL"] = postgres.database()
         if app.startswith("app:") and stored:
             # Create the schema, load the rows, then serve them.
             subprocess.run(
@@ -214,17 +297,24 @@ def run_profile(
                 env={**os.environ, **server_env},
                 check=True,
             )
-            bulk_load(db, stored)
+            if postgres is not None:
+                bulk_load_postgres(server_env["DATABASE_URL"], stored)
+            else:
+                bulk_load(db, stored)
         server = Server(app, workdir, server_env)
         try:
             pool = {"POOL": str(max(stored, 10_000))}
             wrk(server.port, script, connections, min(2, seconds), {**pool, **env})  # warm up
             cpu_before = server.worker_cpu_seconds()
+            db_before = postgres.cpu_seconds() if postgres is not None else 0.0
             figures = wrk(server.port, script, connections, seconds, {**pool, **env})
             cpu = server.worker_cpu_seconds() - cpu_before
+            db_cpu = postgres.cpu_seconds() - db_before if postgres is not None else 0.0
             rss = server.worker_rss_mb()
         finally:
             server.stop()
+            if postgres is not None:
+                postgres.drop(server_env["DATABASE_URL"])
     errors = sum(int(figures[k]) for k in figures if k.endswith("errors") or k == "timeouts")
     target = TARGETS[app]
     requests = figures["requests"]
@@ -238,6 +328,7 @@ def run_profile(
         errors,
         rss,
         cpu / requests * 1e6 if requests else 0.0,
+        db_cpu / requests * 1e6 if requests else 0.0,
     )
 
 
@@ -272,19 +363,42 @@ def main() -> None:
         ("upsert, 16 conns, NORMAL", BARE, "upsert.lua", 16, 0, normal),
         ("upsert, 16 conns, NORMAL", SERVICE, "upsert.lua", 16, 0, normal),
     ]
+    pg = {"BACKEND": "postgresql"}
+    plan += [
+        ("PostgreSQL: upsert, 1 conn", SERVICE, "upsert.lua", 1, 0, pg),
+        ("PostgreSQL: upsert, 16 conns", SERVICE, "upsert.lua", 16, 0, pg),
+        *(
+            (
+                f"PostgreSQL: list p1, {size:,} stored",
+                SERVICE,
+                "read.lua",
+                1,
+                size,
+                {**pg, "MODE": "list"},
+            )
+            for size in sizes
+        ),
+    ]
     if args.only:
         plan = [step for step in plan if step[0].startswith(args.only)]
+    postgres = Postgres() if any(step[5].get("BACKEND") == "postgresql" for step in plan) else None
     results = []
     for name, app, script, connections, stored, env in plan:
-        result = run_profile(name, app, script, connections, seconds, stored, env)
+        on_postgres = postgres if env.get("BACKEND") == "postgresql" else None
+        result = run_profile(name, app, script, connections, seconds, stored, env, on_postgres)
         results.append(result)
+        database_cpu = (
+            f"  PostgreSQL CPU {result.db_cpu_us:4.0f} us/req" if result.db_cpu_us else ""
+        )
         print(
             f"{result.profile:<28} {result.target:<8} {result.rps:>9.1f} req/s"
             f"  p50 {result.p50:6.2f} ms  p99 {result.p99:6.2f} ms  errors {result.errors}"
-            f"  worker CPU {result.cpu_us:4.0f} us/req"
+            f"  worker CPU {result.cpu_us:4.0f} us/req{database_cpu}"
             f"  worker RSS {', '.join(f'{mb:.0f}' for mb in result.rss_mb)} MB",
             flush=True,
         )
+    if postgres is not None:
+        postgres.stop()
     if not args.only:
         report(results, args.smoke)
 
@@ -293,17 +407,19 @@ def report(results: list[Result], smoke: bool) -> None:
     by = {(r.profile, r.target): r for r in results}
     lines = [
         f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} cores, "
-        f"gunicorn.conf.py on SQLite (SQLITE_SYNCHRONOUS=FULL unless named).",
+        f"gunicorn.conf.py on SQLite (SQLITE_SYNCHRONOUS=FULL unless named), and on a local"
+        " PostgreSQL 15 (fsync and synchronous_commit on) where the profile says so.",
         "",
         "| profile | target | req/s | p50 ms | p99 ms | errors | worker CPU us/req"
-        " | worker RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        " | PostgreSQL CPU us/req | worker RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = ", ".join(f"{mb:.0f}" for mb in r.rss_mb)
         lines.append(
             f"| {r.profile} | {r.target} | {r.rps:.0f} | {r.p50:.2f} | {r.p99:.2f} |"
-            f" {r.errors} | {r.cpu_us:.0f} | {rss} |"
+            f" {r.errors} | {r.cpu_us:.0f} | {f'{r.db_cpu_us:.0f}' if r.db_cpu_us else '-'}"
+            f" | {rss} |"
         )
     lines.append("")
     floor16 = by[("upsert, 16 conns", "floor")]
@@ -327,6 +443,14 @@ def report(results: list[Result], smoke: bool) -> None:
         lines.append(f"- upserts at 1,000,000 vs 10,000 stored: {big.rps / small.rps:.2f}x req/s")
         listed = by[("list p1, 1,000,000 stored", "service")]
         lines.append(f"- list p1 at 1,000,000 stored, 1 conn: p50 {listed.p50:.2f} ms")
+    for profile in ("upsert, 1 conn", "upsert, 16 conns"):
+        pg_key = (f"PostgreSQL: {profile}", "service")
+        if pg_key in by:
+            pg, lite = by[pg_key], by[(profile, "service")]
+            lines.append(
+                f"- {profile}: PostgreSQL/SQLite {pg.rps / lite.rps:.2f}x req/s,"
+                f" p99 {pg.p99:.2f} against {lite.p99:.2f} ms"
+            )
     lines.append(f"- largest worker RSS: {max(mb for r in results for mb in r.rss_mb):.0f} MB")
     text = "\n".join(lines) + "\n"
     print("\n" + text)

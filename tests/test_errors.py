@@ -205,3 +205,25 @@ def test_a_connection_that_met_an_error_is_not_pooled_again(app):
         db.execute_sql("SELECT * FROM no_such_table")
     with connections.using(db):
         assert db.connection() is not failed
+
+
+@pytest.mark.postgres_only
+def test_a_pooled_connection_the_server_closed_is_replaced_after_idling(app, postgres):
+    # Pooled connections are pinged on check-out only after PING_AFTER seconds idle (a
+    # ping per request cost a round trip each); this one has idled long enough.
+    import psycopg2
+
+    db = app.extensions["customers.db"]
+    db.PING_AFTER = 0.0
+    with connections.using(db):
+        first = db.connection()
+        backend = first.get_backend_pid()
+    admin = psycopg2.connect(postgres.url("postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    admin.close()
+    response = app.test_client().get("/health")
+    assert response.status_code == 200
+    with connections.using(db):
+        assert db.connection() is not first
