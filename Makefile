@@ -28,13 +28,19 @@ run: $(VENV)/.prod
 		$(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
 
 # The real servers the tests start themselves (in temporary directories, on free ports):
-# nginx and PostgreSQL from Debian's packages. Installs only what is missing, as root;
-# anyone else is told the one command to run.
+# nginx and PostgreSQL from Debian's packages, and, as root (rootful podman), podman with
+# runc and mmdebstrap to build and run the container image. Installs only what is
+# missing, as root; anyone else is told the one command to run.
 servers:
 	@missing=""; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
+	if [ "$$(id -u)" -eq 0 ]; then \
+		command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
+		command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
+		command -v mmdebstrap >/dev/null 2>&1 || missing="$$missing mmdebstrap"; \
+	fi; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" -ne 0 ]; then \
 		echo "make test needs Debian's$$missing; as root run: apt-get install -y$$missing"; \

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> None:
 
         def load_config(self) -> None:
             settings = runpy.run_path(str(directory / "gunicorn.conf.py"))
-            for name, value in {**settings, **self.overrides}.items():
-                if name in self.cfg.settings and value is not None:
+            settings.update((k, v) for k, v in self.overrides.items() if v is not None)
+            for name, value in settings.items():
+                if name in self.cfg.settings:
                     self.cfg.set(name, value)
 
         def load(self) -> Any:
