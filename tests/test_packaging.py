@@ -240,6 +240,8 @@ def test_self_hosting_recipe_serves_with_a_minted_key(tmp_path, base_env):
         import app
 
         assert health.json() == {"status": "ok", "version": app.__version__}
+        # gunicorn.conf.py's settings hold under `serve`: one worker per core.
+        assert f"{os.cpu_count()} workers" in output.read_text()
         [key] = re.findall(r"^(lk_[A-Za-z0-9_-]{43})$", output.read_text(), re.MULTILINE)
         body = {"customer": {"customer_id": "pp-1", "name": "Pied Piper"}}
         created = request(
