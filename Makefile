@@ -67,10 +67,10 @@ $(VENV)/.bench: requirements.txt requirements-bench.txt | $(BIN)/python
 
 # The benchmark (bench/run.py): the service against its floor, on 127.0.0.1, bounded in
 # time. `bench` takes about 5 minutes and rewrites bench/results.md and bench/results.png.
-bench: $(VENV)/.bench
+bench: $(VENV)/.bench servers
 	$(BIN)/python bench/run.py
 
-bench-smoke: $(VENV)/.prod
+bench-smoke: $(VENV)/.prod servers
 	$(BIN)/python bench/run.py --smoke
 
 clean:

@@ -14,8 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.support import REPO, free_port, request
 
 
@@ -26,6 +24,8 @@ def find_binary(name: str, *patterns: str) -> str:
         found = found or next(iter(sorted(glob.glob(pattern), reverse=True)), None)
     if found:
         return found
+    import pytest  # here: the benchmark uses these servers too, without pytest
+
     message = f"{name} is not installed: run `make servers` (Debian: apt-get install ...)"
     if os.environ.get("CI"):
         pytest.fail(message)
