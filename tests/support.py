@@ -66,6 +66,32 @@ def request(
         conn.close()
 
 
+def gunicorn_command(port: int) -> list[str]:
+    """gunicorn serving `app:create_app()` with the shipped gunicorn.conf.py on `port`."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(REPO / "gunicorn.conf.py"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "app:create_app()",
+    ]
+
+
+def refused_start(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Start gunicorn with these settings when it is expected to refuse: its exit."""
+    return subprocess.run(
+        gunicorn_command(free_port()),
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @dataclass
 class Gunicorn:
     """A real gunicorn serving `app:create_app()` from the repository with the shipped
@@ -83,18 +109,7 @@ class Gunicorn:
         self._log = open(self.log_path, "ab") if self.log_path else None
         log = self._log or subprocess.DEVNULL
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--config",
-                str(REPO / "gunicorn.conf.py"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(self.workers),
-                "app:create_app()",
-            ],
+            [*gunicorn_command(self.port), "--workers", str(self.workers)],
             cwd=REPO,
             env={**os.environ, **self.env},
             stdout=log,

@@ -296,9 +296,10 @@ def readme_recipe(name: str) -> str:
     return match.group(1)
 
 
-def test_readme_pytest_recipe_in_a_checkout(tmp_path):
-    # Installed, the entry point loads the plugin (tests/test_packaging.py); here, -p does.
-    (tmp_path / "test_recipe.py").write_text(readme_recipe("pytest"))
+def run_recipe_tests(tmp_path: Path, recipe: str, passed: int) -> None:
+    """Run a README recipe of pytest tests, as written, in a checkout: installed, the
+    entry point loads the plugin (tests/test_packaging.py); here, -p does."""
+    (tmp_path / f"test_{recipe}.py").write_text(readme_recipe(recipe))
     plugin = ["-p", "customers_registry.pytest_plugin", "-p", "no:cacheprovider"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", *plugin, str(tmp_path)],
@@ -309,7 +310,11 @@ def test_readme_pytest_recipe_in_a_checkout(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b3 passed\b", result.stdout), result.stdout
+    assert re.search(rf"\b{passed} passed\b", result.stdout), result.stdout
+
+
+def test_readme_pytest_recipe_in_a_checkout(tmp_path):
+    run_recipe_tests(tmp_path, "pytest", passed=3)
 
 
 def test_readme_test_client_recipe(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO, Reply, request
-from tests.test_double import readme_recipe
+from tests.test_double import run_recipe_tests
 
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
 
@@ -380,15 +380,4 @@ def test_database_option_keeps_state_across_restarts(tmp_path):
 
 
 def test_readme_failure_recipes(tmp_path):
-    (tmp_path / "test_failures.py").write_text(readme_recipe("failures"))
-    plugin = ["-p", "customers_registry.pytest_plugin", "-p", "no:cacheprovider"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", *plugin, str(tmp_path)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b4 passed\b", result.stdout), result.stdout
+    run_recipe_tests(tmp_path, "failures", passed=4)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +13,7 @@ import connections
 import migrations
 import models
 from tests.conftest import API_KEY, auth, database_of, stored_customers
-from tests.support import REPO, Gunicorn, free_port, request
+from tests.support import Gunicorn, refused_start, request
 from tests.test_read_delete import AWKWARD_IDS, path_of
 
 
@@ -229,23 +226,7 @@ def test_start_up_line_masks_the_database_password():
 
 
 def test_a_bad_setting_stops_gunicorn_with_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            str(REPO / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "app:create_app()",
-        ],
-        cwd=REPO,
-        env={**os.environ, "MAX_BODY_BYTES": "abc", "DATABASE_URL": f"sqlite:///{tmp_path}/b.db"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = refused_start({"MAX_BODY_BYTES": "abc", "DATABASE_URL": f"sqlite:///{tmp_path}/b.db"})
     assert result.returncode == 2
     assert "customers-registry: setting MAX_BODY_BYTES='abc' is not valid" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout

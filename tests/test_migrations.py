@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ import migrations
 import models
 from app import create_app
 from tests.conftest import BACKEND, database_of
-from tests.support import REPO, free_port
+from tests.support import refused_start
 
 DATA = Path(__file__).resolve().parent / "data"
 OLD_DB = DATA / "customers-22bdb7c.db"
@@ -198,23 +195,7 @@ def test_a_newer_schema_is_refused_naming_both_versions(database_url):
 
 def test_gunicorn_refuses_a_newer_schema_in_one_line(database_url):
     newer(database_url)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            str(REPO / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "app:create_app()",
-        ],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = refused_start({"DATABASE_URL": database_url})
     assert result.returncode == 2
     [refusal] = [line for line in result.stderr.splitlines() if "customers-registry:" in line]
     assert "schema is version 99" in refusal
