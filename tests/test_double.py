@@ -330,3 +330,18 @@ def test_test_client_route_needs_only_a_config_mapping(tmp_path):
     body = {"customer": {"customer_id": "tc", "name": "Test client"}}
     response = client.post("/api/v1/customers", json=body, headers={"Authorization": "Bearer k"})
     assert response.status_code == 200
+
+
+def test_context_manager_double_takes_faults_like_the_command():
+    with double.serve() as running:
+        fault = running.fault(status=503, headers={"Retry-After": "1"}, times=2)
+        assert (fault["status"], fault["times"], fault["remaining"]) == (503, 2, 2)
+        with pytest.raises(BillingError) as failure:
+            register_customer(running.url, running.api_key, "f-1", "Faulted")
+        assert failure.value.body == {"status": 503, "error": "Service Unavailable"}
+        [entry] = running.requests()
+        assert (entry["status"], entry["fault"]) == (503, fault["id"])
+        with pytest.raises(ValueError, match="status"):
+            running.fault(status=700)
+        running.reset()
+        assert register_customer(running.url, running.api_key, "f-1", "After reset")
