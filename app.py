@@ -564,8 +564,16 @@ def copy_to_command(target_url: str) -> None:
 def migrate_command() -> None:
     """Bring the database's schema up to this release's version (the service does it
     at start too); changes nothing on an up-to-date database."""
+    # Building the app upgraded the schema already, unless the database could not be
+    # reached then: either upgrade says what it found.
     upgraded_from = current_app.extensions["customers.preparation"].upgraded_from
-    found, now = migrations.upgrade(_database())
+    try:
+        found, now = migrations.upgrade(_database())
+    except DATABASE_ERRORS as exc:
+        url = masked_url(_database().database)
+        raise click.ClickException(f"cannot reach the database {url}: {exc}") from None
+    if found is not None and found != now:
+        upgraded_from = found
     if upgraded_from is not None:
         click.echo(f"schema upgraded from version {upgraded_from} to {now}")
     else:

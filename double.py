@@ -312,19 +312,17 @@ class DoubleMiddleware:
                         # that has ended, so it neither runs nor leaves a trace.
                         self._drop(entry, environ, secrets, generation)
                 if fault.status is not None:
-                    return self._answer(
-                        entry, environ, start_response, _fault_answer(fault, environ)
-                    )
+                    return self._answer(entry, start_response, _fault_answer(fault, environ))
                 if fault.action == "drop":
                     self._drop(entry, environ, secrets, generation)
             status_line, headers, answer = _run(self.wsgi_app, environ)
             if fault is not None and fault.action == "drop_after_write":
                 self._drop(entry, environ, secrets, generation)
-            return self._answer(entry, environ, start_response, (status_line, headers, answer))
+            return self._answer(entry, start_response, (status_line, headers, answer))
         finally:
             self._record(entry, secrets, generation)
 
-    def _answer(self, entry: Recorded, environ: dict, start_response: Any, answer: tuple):
+    def _answer(self, entry: Recorded, start_response: Any, answer: tuple) -> list[bytes]:
         status_line, headers, data = answer
         entry.status = int(status_line.split(" ", 1)[0])
         entry.response = data[:RECORDED_BYTES]
@@ -387,7 +385,8 @@ def _run(wsgi_app: Any, environ: dict[str, Any]) -> tuple[str, list, bytes]:
 
 
 def _fault_answer(fault: Fault, environ: dict[str, Any]) -> tuple[str, list, bytes]:
-    status = fault.status or 500
+    """The answer of a `status` fault, in the error envelope, with its extra headers."""
+    status = fault.status
     title = service.ERROR_TITLES.get(status, HTTP_STATUS_CODES.get(status, "Error"))
     body: dict[str, Any] = {"status": status, "error": title}
     if status == 400:

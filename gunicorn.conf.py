@@ -5,9 +5,7 @@ Every value can be overridden from the environment (names below) or on the comma
 
 import http
 import json
-import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -86,24 +84,13 @@ def write_json_error(sock, status_int, reason, mesg):
 util.write_error = write_json_error
 
 
-# gunicorn's warning about a request it could not parse quotes the offending bytes (the
-# request line, a header, a chunk): keep the cause, drop the quote.
-class DropRequestBytes(logging.Filter):
-    quoted = re.compile(r":?\s*b?['\"].*", re.DOTALL)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message.startswith("Invalid request from ip="):
-            record.msg, record.args = self.quoted.sub("", message), ()
-        return True
-
-
 # Metrics: each worker writes its values to files in this folder and /metrics sums them
 # (prometheus_client's multiprocess mode). Set PROMETHEUS_MULTIPROC_DIR to choose it; it
 # is emptied at start. Otherwise a temporary folder is made here, and removed at exit.
+made_metrics_dir = None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="customers-metrics-")
-    os.environ["CUSTOMERS_METRICS_DIR_MADE"] = "1"
+    made_metrics_dir = tempfile.mkdtemp(prefix="customers-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
 
 
 def child_exit(server, worker):
@@ -113,12 +100,11 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if os.environ.pop("CUSTOMERS_METRICS_DIR_MADE", None):
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    if made_metrics_dir is not None:
+        shutil.rmtree(made_metrics_dir, ignore_errors=True)
 
 
 def on_starting(server):
-    server.log.error_log.addFilter(DropRequestBytes())
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
     for stale in os.listdir(metrics_dir):  # a previous run's values

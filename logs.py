@@ -67,6 +67,19 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class DropRequestBytes(logging.Filter):
+    """gunicorn's warning about a request it could not parse quotes the offending bytes
+    (the request line, a header, a chunk): keep the cause, drop the quote."""
+
+    quoted = re.compile(r":?\s*b?['\"].*", re.DOTALL)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Invalid request from ip="):
+            record.msg, record.args = self.quoted.sub("", message), ()
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     """Stamps every record with the id of the request being served ('-' outside one)."""
 
@@ -145,11 +158,11 @@ class GunicornLogger(Logger):
         log_format = os.environ.get("LOG_FORMAT", "text").lower()
         if log_format not in FORMATS:
             log_format = "text"  # the app refuses it at start, in one line
-        self.log_format = log_format
         error_text = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
         redacting = RedactingFilter((os.environ.get("API_KEY", ""),))
         for handler in self.error_log.handlers:
             handler.setFormatter(formatter(log_format, error_text))
+            handler.addFilter(DropRequestBytes())
             handler.addFilter(redacting)
         for handler in self.access_log.handlers:
             handler.setFormatter(formatter(log_format, "%(asctime)s %(message)s"))
@@ -163,13 +176,12 @@ class GunicornLogger(Logger):
         )
         path = redact(environ.get("PATH_INFO", ""))
         query = redacted_query(environ.get("QUERY_STRING", ""))
-        status = resp.status_code if isinstance(resp.status_code, int) else resp.status
         duration_ms = round(request_time.total_seconds() * 1000, 3)
         fields = {
             "method": environ.get("REQUEST_METHOD", "-"),
             "path": path,
             "query": query,
-            "status": int(str(status).split()[0]),
+            "status": int(str(resp.status).split()[0]),
             "duration_ms": duration_ms,
             "bytes": getattr(resp, "sent", None),
             "remote_addr": environ.get("REMOTE_ADDR", "-"),

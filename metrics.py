@@ -12,6 +12,7 @@ path, so a customer_id never becomes a label; requests that match no route share
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from flask import Flask, Response, g, request
@@ -26,6 +27,7 @@ from prometheus_client import (
 )
 
 UNMATCHED = "unmatched"
+_CONVERTER = re.compile(r"<\w+:(\w+)>")  # "<customer_id:customer_id>" -> "<customer_id>"
 
 REQUESTS = Counter(
     "customers_http_requests",
@@ -50,7 +52,7 @@ def instrument(app: Flask) -> None:
     def count(response: Response) -> Response:
         started = g.get("metrics_started")
         rule = request.url_rule
-        route = rule.rule.replace(":customer_id>", ">") if rule is not None else UNMATCHED
+        route = _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED
         REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         if started is not None:
             DURATION.labels(request.method, route).observe(time.perf_counter() - started)

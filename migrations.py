@@ -53,8 +53,6 @@ def upgrade(db: Database) -> tuple[int | None, int]:
         found = version_of(db)
         if found == SCHEMA_VERSION:
             return found, found
-        if found is not None and found > SCHEMA_VERSION:
-            raise SchemaTooNew(found)
         with _schema_lock(db):
             found = version_of(db)  # a peer may have upgraded it while we waited
             if found is not None and found > SCHEMA_VERSION:
