@@ -24,6 +24,8 @@ between the three:
   (what `make run` sets; on the PostgreSQL run, `DATABASE_URL` too). The command runs
   with `PORT` set to that service's port, so write the address as
   `http://127.0.0.1:${PORT:-8000}` and the key as `dev-key-change-me`.
+- curl reads `[` and `]` in a URL as a pattern: a URL with `countries[]=...` needs
+  `curl -g` (or `countries%5B%5D=...`).
 - `<!-- example: double -->` runs against the double: one `customers-double` (the
   installed command, its default key `test-key`), started once for all the double's
   examples; the command runs with `LAGO_URL` (its base URL) and `LAGO_API_KEY=test-key`
@@ -35,8 +37,8 @@ read-one example, the service holds `cus-1` (Gavin Belson, email `gavin@hooli.te
 no country) and `team/42 #eu` (Hooli Europe, Dublin, IE), created in that order; the
 delete example then removes `cus-1`. An example that writes (its command sends data with
 `-d`, `--data...`, `--json` or `-F`) starts in a later second than the last such
-example, as a person typing does, so customers created by successive examples sort
-newest first as the README shows them.
+example ended, as a person typing does, so customers created by successive examples
+sort newest first as the README shows them.
 
 How an answer is compared
 -------------------------
@@ -197,12 +199,11 @@ def run_example(example: Example, answers: Answers, env: dict[str, str], cwd: Pa
         raise AssertionError(f"{exc}\n{printed}") from None
 
 
-def wait_for_a_new_second(last: float | None) -> float:
+def wait_for_a_new_second(last: float | None) -> None:
     """Returns when the wall clock's second is later than that of `last`."""
     if last is not None:
         while int(time.time()) <= int(last):
             time.sleep(int(last) + 1 - time.time() + 0.01)
-    return time.time()
 
 
 def run_in_order(found: list[Example], targets: dict[str, dict[str, str]], cwd: Path) -> int:
@@ -210,9 +211,12 @@ def run_in_order(found: list[Example], targets: dict[str, dict[str, str]], cwd: 
     many ran."""
     answers, last_write = Answers(), None
     for example in found:
-        if WRITES.search(example.command):
-            last_write = wait_for_a_new_second(last_write)
+        writes = WRITES.search(example.command)
+        if writes:
+            wait_for_a_new_second(last_write)
         run_example(example, answers, targets[example.target], cwd)
+        if writes:  # its customers were created before this instant, in its second or earlier
+            last_write = time.time()
     return len(found)
 
 
