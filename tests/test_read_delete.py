@@ -1,4 +1,4 @@
-"""Read one customer (README "API"), list one customer them page by page, delete one."""
+"""Read one customer, list them page by page, delete one (README "API")."""
 
 from __future__ import annotations
 
