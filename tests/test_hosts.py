@@ -281,8 +281,8 @@ RESENT = "(104: Connection reset by peer) while reading response header from ups
 
 def test_sigterm_to_one_host_under_load_shows_no_client_an_error(installed, tmp_path, database_url):
     with hosts(installed, tmp_path, database_url) as (a, b), balanced([a, b]) as nginx:
-        with Load(nginx, clients=16, limit=2400) as load:
-            load.wait_for(600)
+        with Load(nginx, clients=16, limit=1600) as load:
+            load.wait_for(400)
             os.kill(a.process.pid, signal.SIGTERM)  # the master only, as systemd stops it
             assert a.process.wait(40) == 0
             load.finish()
