@@ -2,8 +2,8 @@
 answers again, instead of one record per refused request.
 
 While PostgreSQL is down (or an SQLite file cannot be written) every request that needs
-the database is answered 503. Logged one by one, that was about 1,600 two-line records a
-second per host. Each worker process keeps an `OutageLog` instead: the first refused
+the database is answered 503. Logged one by one, that was about 1,600 two-line records
+per host in a 5 s outage. Each worker process keeps an `OutageLog` instead: the first refused
 request writes the start line (the driver's reason, first line only, and the database's
 URL with its password masked), the requests refused after it are only counted, and the
 first request served once the refusals have stopped writes the end line with that count.
