@@ -5,6 +5,7 @@ deploy/nginx.conf with both in its upstream, as the README's recipe writes it.""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -24,6 +25,7 @@ import pytest
 
 import connections
 import migrations
+import outage
 from tests.conftest import API_KEY, BACKEND, auth, stored_customers
 from tests.servers import Nginx
 from tests.support import request
@@ -401,10 +403,8 @@ def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
     masked = url.replace("pw-s3cret-4711", "***")
     env = installed.env(tmp_path / "home", DATABASE_URL=url, API_KEY=API_KEY)
     with installed.serve(tmp_path, env, workers=2) as host:
-        assert (
-            host.request("POST", "/api/v1/customers", customer("before"), headers=auth()).status
-            == 200
-        )
+        reply = host.request("POST", "/api/v1/customers", customer("before"), headers=auth())
+        assert reply.status == 200
         refused = 0
         postgres.stop_server()
         try:
@@ -446,10 +446,6 @@ def test_an_outage_is_logged_when_it_starts_and_when_it_ends(
 
 
 def test_outage_log_counts_and_waits_for_quiet(caplog):
-    import logging
-
-    import outage
-
     now = [100.0]
     log = logging.getLogger("test_outage")
     tracker = outage.OutageLog("postgresql://u:***@db/c", log, password="pw", clock=lambda: now[0])
