@@ -101,8 +101,13 @@
     showMessage("");
     signedIn(true);
     draw(body.customers, body.meta);
-    performance.mark("customers-drawn");
-    performance.measure("customers-page", "customers-request", "customers-drawn");
+    // From the request to the frame that shows the page: bench/pages.py reads this.
+    requestAnimationFrame(() =>
+      setTimeout(() => {
+        performance.mark("customers-drawn");
+        performance.measure("customers-page", "customers-request", "customers-drawn");
+      }, 0),
+    );
     return true;
   }
 
@@ -111,7 +116,7 @@
     const rows = document.createDocumentFragment();
     customers.forEach((customer, index) => {
       const row = el("tr");
-      const open = el("button", customer.name, "link");
+      const open = el("button", customer.name || customer.customer_id, "link");
       open.type = "button";
       open.dataset.index = String(index);
       const name = el("td");

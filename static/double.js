@@ -175,8 +175,8 @@
     for (const fault of faults) {
       const row = el("tr");
       row.appendChild(el("td", fault.id, "mono"));
-      row.appendChild(el("td", fault.method || "any"));
-      row.appendChild(el("td", fault.path || "any /api/v1/ path", "mono"));
+      const matches = `${fault.method || "any method"} ${fault.path || "any /api/v1/ path"}`;
+      row.appendChild(el("td", matches, "mono"));
       row.appendChild(el("td", faultDoes(fault)));
       const left = fault.remaining === null ? "every time" : `${fault.remaining} of ${fault.times}`;
       row.appendChild(el("td", left));
