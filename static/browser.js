@@ -8,7 +8,7 @@
   const PER_PAGE = 50;
   const $ = (id) => document.getElementById(id);
 
-  const state = { page: 1, search: "", countries: [], customers: [] };
+  const state = { page: 1, search: "", countries: [], customers: [], opener: null };
 
   function el(tag, text, className) {
     const node = document.createElement(tag);
@@ -207,10 +207,14 @@
     $("next-page").addEventListener("click", () => turn(1));
     $("close-customer").addEventListener("click", () => {
       $("customer-panel").hidden = true;
+      if (state.opener && state.opener.isConnected) state.opener.focus();
     });
     $("customers").addEventListener("click", (event) => {
       const button = event.target.closest("button[data-index]");
-      if (button) showCustomer(state.customers[Number(button.dataset.index)]);
+      if (button) {
+        state.opener = button;
+        showCustomer(state.customers[Number(button.dataset.index)]);
+      }
     });
     withKey(load);
   });

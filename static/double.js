@@ -265,8 +265,13 @@
     ]);
     if (!requests || !faults) return;
     if (requests.status === 200 && requests.text !== lastText) {
+      const records = requests.json && requests.json.requests;
+      if (!Array.isArray(records)) {
+        showMessage("The request log answered in a shape this page does not read.");
+        return;
+      }
       lastText = requests.text;
-      drawRequests(requests.json.requests);
+      drawRequests(records);
     }
     if (faults.status === 200 && faults.text !== lastFaults) {
       lastFaults = faults.text;

@@ -248,8 +248,9 @@ def test_a_customer_opens_from_the_keyboard_with_its_full_record(browser, servic
     assert record["legal_name"] == "Hooli"
     assert record["created_at"] == "2022-04-29T08:59:51Z"
     assert record["phone"] == "not set"
-    by_id(browser, "close-customer").click()
+    by_id(browser, "close-customer").send_keys(Keys.ENTER)
     assert not by_id(browser, "customer-panel").is_displayed()
+    assert browser.switch_to.active_element.text == "Gavin Belson"  # focus back on the row
 
 
 def test_a_wrong_key_shows_the_401_and_stores_nothing(browser, service):
