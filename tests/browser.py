@@ -26,7 +26,7 @@ def chromium(width: int = 1440, height: int = 900):
             f"{', '.join(missing)} missing: run `make servers` "
             "(Debian: apt-get install chromium chromium-driver)"
         )
-    os.environ["SE_OFFLINE"] = "true"
+    os.environ.setdefault("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in (

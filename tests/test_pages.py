@@ -448,10 +448,35 @@ def test_a_request_appears_on_the_doubles_page_while_a_client_sends_it(browser, 
         """ --data-raw '{"customer":{"customer_id":"c-1","name":"Gavin","country":"us"}}'"""
     )
     assert API_KEY not in browser.page_source
-    # A request more: it comes in on top, and the opened one stays open.
+    # "Copy as curl" puts that command on the clipboard.
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {
+            "origin": the_double.url,
+            "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"],
+        },
+    )
+    post.find_element(By.XPATH, ".//button[text()='Copy as curl']").click()
+    wait(browser, lambda: "Copied" in post.text)
+    pasted = browser.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0](String(e)))"
+    )
+    assert pasted == curl
+    # And the command repeats the request, with the key from $API_KEY.
+    before = len(the_double.requests())
+    ran = subprocess.run(
+        ["bash", "-c", pasted], env={**os.environ, "API_KEY": API_KEY}, capture_output=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    repeated = the_double.requests()[before:]
+    assert [(r["method"], r["path"], r["status"], r["body"]) for r in repeated] == [
+        ("POST", "/api/v1/customers", 200, body)
+    ]
+    # More requests: they come in on top, and the opened one stays open.
     send(the_double.url, "DELETE", "/api/v1/customers/c-1")
-    wait(browser, lambda: len(logged(browser)) == 4)
+    wait(browser, lambda: len(logged(browser)) == 5)
     assert logged(browser)[0].startswith("DELETE /api/v1/customers/c-1 200")
+    assert logged(browser)[1].startswith("POST /api/v1/customers 200")  # the curl command's
     assert post.find_element(By.TAG_NAME, "details").get_attribute("open") == "true"
 
 
