@@ -6,6 +6,7 @@
 (function () {
   const KEY = "customers.api_key";
   const PER_PAGE = 50;
+  const COLUMNS = ["Name", "customer_id", "Email", "Country", "Created (UTC)"];
   const $ = (id) => document.getElementById(id);
 
   const state = { page: 1, search: "", countries: [], customers: [], opener: null };
@@ -121,11 +122,18 @@
       open.dataset.index = String(index);
       const name = el("td");
       name.appendChild(open);
-      row.appendChild(name);
-      row.appendChild(el("td", customer.customer_id, "mono"));
-      row.appendChild(el("td", customer.email));
-      row.appendChild(el("td", customer.country));
-      row.appendChild(el("td", customer.created_at.replace("T", " ").replace("Z", "")));
+      const cells = [
+        name,
+        el("td", customer.customer_id, "mono"),
+        el("td", customer.email),
+        el("td", customer.country),
+        el("td", customer.created_at.replace("T", " ").replace("Z", "")),
+      ];
+      // Each cell names its column, for the narrow layout where rows become cards.
+      cells.forEach((cell, column) => {
+        cell.dataset.label = COLUMNS[column];
+        row.appendChild(cell);
+      });
       rows.appendChild(row);
     });
     const body = $("customers").tBodies[0];
