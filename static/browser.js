@@ -70,7 +70,18 @@
     return { status: response.status, body };
   }
 
+  // The list is busy from the request to its answer shown (aria-busy, for screen readers).
   async function load(key) {
+    const panel = $("customers-panel");
+    panel.setAttribute("aria-busy", "true");
+    try {
+      return await fetchAndShow(key);
+    } finally {
+      panel.setAttribute("aria-busy", "false");
+    }
+  }
+
+  async function fetchAndShow(key) {
     performance.clearMarks();
     performance.clearMeasures();
     performance.mark("customers-request");
