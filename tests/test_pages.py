@@ -602,7 +602,9 @@ def test_both_pages_fit_the_width_and_label_every_input(browser, the_double, wid
     assert send(the_double.url, "POST", "/api/v1/customers", long) == 200
     sign_in(browser, the_double.url)
     wait(browser, lambda: signed_in(browser))
-    by_id(browser, "customers").find_element(By.CSS_SELECTOR, "button").click()
+    # The customer of long values, opened: its title and record wrap too.
+    by_id(browser, "customers").find_element(By.XPATH, f".//button[text()='{'y' * 80}']").click()
+    assert by_id(browser, "customer-title").text == f"Customer {'x' * 80}"
     check_page(browser, width)
     screenshot(browser, f"test_customer_browser_at_{width}", capsys)
     open_double_page(browser, the_double)
