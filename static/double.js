@@ -67,12 +67,24 @@
     }
     if (record.body !== null && record.body !== undefined) {
       const data = typeof record.body === "string" ? record.body : JSON.stringify(record.body);
-      parts.push("-H", shellQuote("Content-Type: application/json"));
+      const type = header(record, "content-type") || "application/json";
+      parts.push("-H", shellQuote(`Content-Type: ${type}`));
       parts.push("--data-raw", shellQuote(data));
     }
     let command = parts.join(" ");
     if (record.body_truncated) command += "  # the body was cut short when recorded";
     return command;
+  }
+
+  function milliseconds(ms) {
+    return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
+  }
+
+  function header(record, name) {
+    for (const [key, value] of Object.entries(record.headers || {})) {
+      if (key.toLowerCase() === name) return value;
+    }
+    return null;
   }
 
   function statusClass(status) {
@@ -97,7 +109,7 @@
     summary.appendChild(
       el("span", record.status === null ? "no answer" : record.status, statusClass(record.status)),
     );
-    const duration = typeof record.duration_ms === "number" ? `${record.duration_ms} ms` : "";
+    const duration = typeof record.duration_ms === "number" ? milliseconds(record.duration_ms) : "";
     summary.appendChild(el("span", duration, "duration"));
     summary.appendChild(el("span", record.fault ? `fault ${record.fault}` : "", "fault"));
     details.appendChild(summary);
