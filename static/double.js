@@ -18,9 +18,10 @@
     return node;
   }
 
-  function showMessage(text) {
+  function showMessage(text, ok = false) {
     $("message").textContent = text;
     $("message").hidden = !text;
+    $("message").classList.toggle("ok", ok);
   }
 
   function describeError(status, body) {
@@ -255,7 +256,7 @@
   async function command(method, path, done) {
     const answer = await guarded(() => call(method, path));
     if (answer && answer.status !== 200) showMessage(describeError(answer.status, answer.json));
-    else if (answer) showMessage(done);
+    else if (answer) showMessage(done, true);
     await refresh();
   }
 

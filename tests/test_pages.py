@@ -571,6 +571,7 @@ def test_reset_from_the_page_forgets_requests_and_faults(browser, the_double):
     wait(browser, lambda: logged(browser) == [] and fault_rows(browser) == [])
     assert the_double.requests() == []
     assert by_id(browser, "message").text.startswith("The double is reset")
+    assert by_id(browser, "message").get_attribute("class") == "message ok"
 
 
 @pytest.mark.sqlite_only
