@@ -42,6 +42,7 @@ import migrations
 import models
 import openapi
 import outage
+import pages
 import schemas
 
 # The release (semantic versioning): /health, the OpenAPI document, both commands'
@@ -78,6 +79,7 @@ class Settings:
     db_timeout: float = 10.0
     sqlite_synchronous: str = "FULL"
     trust_proxy: int = 0
+    customer_browser: bool = True  # the page at / (pages.py); CUSTOMER_BROWSER=off: the API alone
 
     @classmethod
     def from_mapping(cls, source: Mapping[str, Any]) -> Settings:
@@ -99,6 +101,7 @@ class Settings:
             db_timeout=read("DB_TIMEOUT", cls.db_timeout, float),
             sqlite_synchronous=read("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, str.upper),
             trust_proxy=read("TRUST_PROXY", cls.trust_proxy, int),
+            customer_browser=read("CUSTOMER_BROWSER", cls.customer_browser, _on_off),
         )
         settings.check()
         return settings
@@ -116,6 +119,12 @@ class Settings:
             raise ValueError(f"setting LOG_FORMAT={self.log_format!r} is not text or json")
         if self.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r} is not valid")
+
+
+def _on_off(raw: str) -> bool:
+    if raw.lower() not in ("on", "off"):
+        raise ValueError(raw)
+    return raw.lower() == "on"
 
 
 def masked_url(url: str) -> str:
@@ -369,6 +378,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _register_hooks(app, db, prepare)
     _register_errors(app)
     _register_routes(app)
+    if settings.customer_browser:
+        pages.register_browser(app)
     _register_commands(app)
     return app
 

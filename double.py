@@ -54,6 +54,7 @@ import auth
 import connections
 import logs
 import models
+import pages
 import schemas
 
 DEFAULT_API_KEY = "test-key"
@@ -496,6 +497,7 @@ def make_double_app(database_url: str, api_key: str = DEFAULT_API_KEY, **setting
     route("faults", add_fault, "POST")
     route("faults", list_faults, "GET")
     route("faults", remove_faults, "DELETE")
+    pages.register_double_page(app)
     return app
 
 
@@ -666,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             LOG_LEVEL=args.log_level,
         ) as running:
             print(running.url, flush=True)
+            print(f"customers-double: its page: {running.url}/_double/", file=sys.stderr)
             stop.wait()
     except ValueError as exc:
         print(f"customers-double: {exc}", file=sys.stderr)
