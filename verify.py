@@ -1,0 +1,428 @@
+"""Verification: which recorded requests meet what a test expects and, when the count is
+not met, the closest others and how each differs (field, wanted, seen).
+
+The one place these verdicts are made: the double answers `POST /_double/verify` with
+them, and the pytest plugin only formats the answer, so every language gets the same.
+Only the double's own process imports this module (see double.py)."""
+
+from __future__ import annotations
+
+import heapq
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from typing import Any
+
+from marshmallow import ValidationError
+
+import schemas
+from faults import TOKEN, is_int
+from recording import SECRET_NAME, Recorded, Redactor, masked, secret_digest
+
+FIELDS = ("method", "path", "query", "headers", "json", "status", "count")
+NEAR_MISSES = 5
+NOT_MET = "not_met"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ANY = None  # a placeholder's place in a parsed pattern
+
+
+@dataclass
+class Expected:
+    """What a test expects; a field left None is not checked."""
+
+    method: str | None = None
+    path: str | None = None
+    # The path's segments when it is a pattern: literal text, or ANY for `{name}`.
+    pattern: tuple[str | None, ...] | None = None
+    query: dict[str, list[str] | None] | str | None = None
+    headers: dict[str, str | None] | None = None
+    json: Any = None
+    has_json: bool = False
+    status: int | None = None
+    count: int | None = None
+    given: dict[str, Any] = field(default_factory=dict)
+
+
+def parse(payload: dict[str, Any]) -> Expected:
+    """An `Expected` from the body of `POST /_double/verify` (a field given as null is as
+    if absent). Raises ValidationError keyed by every bad field at once."""
+    errors: dict[str, list[str]] = {key: [schemas.INVALID] for key in payload if key not in FIELDS}
+    expected = Expected()
+    for key in FIELDS:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not _PARSERS[key](expected, value):
+            errors[key] = [schemas.INVALID]
+        else:
+            expected.given[key] = value
+    if errors:
+        raise ValidationError(errors)
+    return expected
+
+
+def _method(expected: Expected, value: Any) -> bool:
+    if isinstance(value, str) and TOKEN.fullmatch(value):
+        expected.method = value.upper()
+        return True
+    return False
+
+
+def _path(expected: Expected, value: Any) -> bool:
+    if not isinstance(value, str) or not value.startswith("/"):
+        return False
+    expected.path = value
+    if "{" not in value and "}" not in value:
+        return True
+    pattern, names = [], set()
+    for segment in value.split("/")[1:]:
+        placeholder = _PLACEHOLDER.fullmatch(segment)
+        if placeholder:
+            if placeholder.group(1) in names:
+                return False
+            names.add(placeholder.group(1))
+            pattern.append(ANY)
+        elif "{" in segment or "}" in segment:
+            return False  # a brace that is not a whole `{name}` segment
+        else:
+            pattern.append(segment)
+    expected.pattern = tuple(pattern)
+    return True
+
+
+def _query(expected: Expected, value: Any) -> bool:
+    if isinstance(value, str):
+        expected.query = value
+        return True
+    if not isinstance(value, dict):
+        return False
+    wanted: dict[str, list[str] | None] = {}
+    for name, values in value.items():
+        if isinstance(values, str):
+            wanted[name] = [values]
+        elif isinstance(values, list) and all(isinstance(v, str) for v in values):
+            wanted[name] = list(values)
+        else:
+            return False
+    expected.query = wanted
+    return True
+
+
+def _headers(expected: Expected, value: Any) -> bool:
+    if not isinstance(value, dict) or not all(
+        TOKEN.fullmatch(name) and (text is None or isinstance(text, str))
+        for name, text in value.items()
+    ):
+        return False
+    expected.headers = dict(value)
+    return True
+
+
+def _json(expected: Expected, value: Any) -> bool:
+    expected.json, expected.has_json = value, True
+    return True
+
+
+def _status(expected: Expected, value: Any) -> bool:
+    if is_int(value) and 100 <= value <= 599:
+        expected.status = value
+        return True
+    return False
+
+
+def _count(expected: Expected, value: Any) -> bool:
+    if is_int(value) and value >= 0:
+        expected.count = value
+        return True
+    return False
+
+
+_PARSERS = {
+    "method": _method,
+    "path": _path,
+    "query": _query,
+    "headers": _headers,
+    "json": _json,
+    "status": _status,
+    "count": _count,
+}
+
+
+# --- Comparing one record -----------------------------------------------------------------
+
+
+@dataclass
+class Difference:
+    field: str
+    wanted: Any
+    seen: Any
+    missing: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        shown = {"field": self.field, "wanted": self.wanted, "seen": self.seen}
+        if self.missing:
+            shown["missing"] = True
+        return shown
+
+
+class Comparison:
+    """How one record fares: its differences, the criteria it fails, and a distance (each
+    failed criterion costs 1, plus how much of it is off, from 0 to 1)."""
+
+    def __init__(self) -> None:
+        self.differences: list[Difference] = []
+        self.failed: set[str] = set()
+        self.distance = 0.0
+
+    def fail(self, criterion: str, off: float, differences: list[Difference]) -> None:
+        self.failed.add(criterion)
+        self.distance += 1 + min(off, 1.0)
+        self.differences.extend(differences)
+
+
+def compare(expected: Expected, entry: Recorded, salt: bytes, redactor: Redactor) -> Comparison:
+    result = Comparison()
+    if expected.method is not None and entry.method != expected.method:
+        result.fail("method", 1, [Difference("method", expected.method, entry.method)])
+    if expected.path is not None:
+        _compare_path(expected, entry, result)
+    if expected.query is not None:
+        _compare_query(expected.query, entry, result, redactor)
+    if expected.headers is not None:
+        _compare_headers(expected.headers, entry, result, salt, redactor)
+    if expected.has_json:
+        _compare_json(expected.json, entry, result, redactor)
+    if expected.status is not None and entry.status != expected.status:
+        result.fail("status", 1, [Difference("status", expected.status, entry.status)])
+    return result
+
+
+def _compare_path(expected: Expected, entry: Recorded, result: Comparison) -> None:
+    seen = entry.path.split("/")[1:]
+    if expected.pattern is None:
+        if entry.path == expected.path:
+            return
+        wanted: tuple[str | None, ...] = tuple(str(expected.path).split("/")[1:])
+    else:
+        wanted = expected.pattern
+        # A `{name}` takes one segment as sent, decoded: `a%2Fb` is one, `a/b` two.
+        seen = list(entry.segments) if entry.segments is not None else seen
+        if len(seen) == len(wanted) and all(
+            _segment_fits(w, s) for w, s in zip(wanted, seen, strict=True)
+        ):
+            return
+    off = sum(not _segment_fits(w, s) for w, s in zip_longest(wanted, seen, fillvalue=""))
+    result.fail(
+        "path",
+        off / max(len(wanted), len(seen), 1),
+        [Difference("path", expected.path, entry.path)],
+    )
+
+
+def _segment_fits(wanted: str | None, seen: str) -> bool:
+    return bool(seen) if wanted is ANY else wanted == seen
+
+
+def _compare_query(
+    wanted: dict[str, list[str] | None] | str,
+    entry: Recorded,
+    result: Comparison,
+    redactor: Redactor,
+) -> None:
+    if isinstance(wanted, str):
+        normal = redactor.query(wanted)
+        if normal != entry.query:
+            result.fail("query", 1, [Difference("query", normal, entry.query)])
+        return
+    seen = entry.parsed_query()
+    differences = []
+    for name, values in wanted.items():
+        shown = [redactor.text(value) for value in values or []]
+        if name not in seen:
+            differences.append(Difference(f"query.{name}", _one(shown), None, missing=True))
+        elif seen[name] != shown:
+            differences.append(Difference(f"query.{name}", _one(shown), _one(seen[name])))
+    if differences:
+        result.fail("query", len(differences) / len(wanted), differences)
+
+
+def _one(values: list[str]) -> str | list[str]:
+    return values[0] if len(values) == 1 else values
+
+
+def _compare_headers(
+    wanted: dict[str, str | None],
+    entry: Recorded,
+    result: Comparison,
+    salt: bytes,
+    redactor: Redactor,
+) -> None:
+    seen = {name.lower(): value for name, value in entry.headers.items()}
+    differences = []
+    for name, value in wanted.items():
+        lower, label = name.lower(), f"headers.{name}"
+        if value is None:
+            if lower in seen:
+                differences.append(Difference(label, None, seen[lower]))
+            continue
+        if lower not in seen:
+            differences.append(Difference(label, _shown_header(name, value, redactor), None, True))
+            continue
+        digest = entry.secret_headers.get(lower)
+        if digest is not None:
+            if not hmac.compare_digest(secret_digest(salt, value), digest):
+                shown = _shown_header(name, value, redactor)
+                other = seen[lower] + (" (another value)" if seen[lower] == shown else "")
+                differences.append(Difference(label, shown, other))
+        elif redactor.text(value) != seen[lower]:
+            differences.append(Difference(label, redactor.text(value), seen[lower]))
+    if differences:
+        result.fail("headers", len(differences) / len(wanted), differences)
+
+
+def _shown_header(name: str, value: str, redactor: Redactor) -> str:
+    return redactor.text(masked(name, value) if SECRET_NAME.search(name) else value)
+
+
+def _compare_json(wanted: Any, entry: Recorded, result: Comparison, redactor: Redactor) -> None:
+    shown = _redacted(wanted, redactor)
+    if not entry.body:
+        result.fail("json", 1, [Difference("json", shown, None, missing=True)])
+        return
+    try:
+        body = entry.parsed_body()
+    except ValueError:
+        seen = entry.body.decode("utf-8", "replace")
+        result.fail("json", 1, [Difference("json", shown, seen)])
+        return
+    differences: list[Difference] = []
+    off = _json_differences(shown, body, "json", differences)
+    if differences:
+        result.fail("json", off / _leaves(shown), differences)
+
+
+def _json_differences(wanted: Any, seen: Any, label: str, out: list[Difference]) -> int:
+    """Record where `seen` does not hold `wanted` (objects by subset, anything else
+    exactly); returns how many of the wanted leaves are off."""
+    if isinstance(wanted, dict):
+        if not isinstance(seen, dict):
+            out.append(Difference(label, wanted, seen))
+            return _leaves(wanted)
+        off = 0
+        for key, value in wanted.items():
+            if key not in seen:
+                out.append(Difference(f"{label}.{key}", value, None, missing=True))
+                off += _leaves(value)
+            else:
+                off += _json_differences(value, seen[key], f"{label}.{key}", out)
+        return off
+    if not same(wanted, seen):
+        out.append(Difference(label, wanted, seen))
+        return _leaves(wanted)
+    return 0
+
+
+def _leaves(value: Any) -> int:
+    if isinstance(value, dict) and value:
+        return sum(_leaves(v) for v in value.values())
+    return 1
+
+
+def same(a: Any, b: Any) -> bool:
+    """JSON equality: a number never equals a string or a boolean, 1 equals 1.0, lists and
+    objects compare whole."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return type(a) is type(b) and a == b
+
+
+def _redacted(value: Any, redactor: Redactor) -> Any:
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {redactor.text(k): _redacted(v, redactor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, redactor) for v in value]
+    return value
+
+
+# --- The verdict over the whole log ---------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    expected: Expected
+    matches: list[Recorded]
+    near_misses: list[tuple[Recorded, Comparison]]
+    unmet: list[str]
+    recorded: int
+
+    @property
+    def met(self) -> bool:
+        if self.expected.count is None:
+            return bool(self.matches)
+        return len(self.matches) == self.expected.count
+
+    def message(self) -> str:
+        count = self.expected.count
+        if count is None:
+            return "No recorded request matches"
+        found = len(self.matches)
+        return f"{found} recorded request{'' if found == 1 else 's'} match, {count} wanted"
+
+    def failure(self, redactor: Redactor) -> dict[str, Any]:
+        """The body of the 422 (beside status and error)."""
+        details = {name: [NOT_MET] for name in self.unmet}
+        details["count"] = [NOT_MET]
+        return {
+            "message": self.message(),
+            "error_details": details,
+            "wanted": _redacted(self.expected.given, redactor),
+            "matched": len(self.matches),
+            "recorded": self.recorded,
+            "matches": [entry.as_dict() for entry in self.matches[:NEAR_MISSES]],
+            "near_misses": [
+                {
+                    "request": entry.as_dict(),
+                    "differences": [d.as_dict() for d in comparison.differences],
+                }
+                for entry, comparison in self.near_misses
+            ],
+        }
+
+
+def verify(
+    expected: Expected, entries: Iterable[Recorded], salt: bytes, redactor: Redactor
+) -> Verdict:
+    """Compare every record; keep the matches (oldest first) and the NEAR_MISSES closest
+    others (closest first; the newer first among equals)."""
+    matches: list[Recorded] = []
+    misses: list[tuple[float, int, Recorded, Comparison]] = []
+    criteria = {key for key in expected.given if key != "count"}
+    met_somewhere: set[str] = set()
+    recorded = 0
+    for entry in entries:
+        recorded += 1
+        comparison = compare(expected, entry, salt, redactor)
+        met_somewhere |= criteria - comparison.failed
+        if comparison.failed:
+            misses.append((comparison.distance, -entry.id, entry, comparison))
+        else:
+            matches.append(entry)
+    closest = heapq.nsmallest(NEAR_MISSES, misses, key=lambda miss: (miss[0], miss[1]))
+    unmet = [key for key in FIELDS if key in criteria and key not in met_somewhere]
+    return Verdict(
+        expected, matches, [(entry, cmp) for _, _, entry, cmp in closest], unmet, recorded
+    )
