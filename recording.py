@@ -238,8 +238,9 @@ def _json_or_text(data: bytes | None, is_json: bool) -> str:
 
 
 class RequestLog:
-    """The last LOG_SIZE records, oldest first. A reset empties it and wakes every
-    request waiting out a delay, which then finds its generation gone."""
+    """The last LOG_SIZE records, oldest first, numbered from 1. A reset empties it,
+    numbers from 1 again, and wakes every request waiting out a delay, which then finds
+    its generation gone."""
 
     def __init__(self) -> None:
         self._entries: deque[Recorded] = deque(maxlen=LOG_SIZE)
@@ -268,6 +269,7 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._ids = itertools.count(1)  # each test's requests are #1, #2, ...
             self.generation += 1
             woken, self.wake = self.wake, threading.Event()
         woken.set()

@@ -380,7 +380,9 @@ class Verdict:
         if count is None:
             return "No recorded request matches"
         found = len(self.matches)
-        return f"{found} recorded request{'' if found == 1 else 's'} match, {count} wanted"
+        if found == 1:
+            return f"1 recorded request matches, {count} wanted"
+        return f"{found} recorded requests match, {count} wanted"
 
     def failure(self, redactor: Redactor) -> dict[str, Any]:
         """The body of the 422 (beside status and error)."""
