@@ -47,14 +47,18 @@ class Redactor:
     """Hides the given secrets and anything shaped like a minted key, in text or bytes."""
 
     def __init__(self, secrets: Iterable[str]):
+        secrets = [secret for secret in secrets if secret]
         parts = []
-        for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        for secret in sorted(set(secrets), key=len, reverse=True):
             escaped = re.escape(secret)
             if len(secret) < WHOLE_TOKEN_BELOW:
                 escaped = rf"(?<![A-Za-z0-9]){escaped}(?![A-Za-z0-9])"
             parts.append(escaped)
         parts.append(auth.MINTED_KEY.pattern)
         pattern = "|".join(parts)
+        # Redacting only the first `limit + margin` characters of a field before cutting it
+        # to `limit` hides every secret that starts inside what is kept, whole.
+        self.margin = max(len(secret.encode()) for secret in [*secrets, "lk_" + 43 * "x"]) + 1
         self._text = re.compile(pattern)
         self._bytes = re.compile(pattern.encode("utf-8", "surrogateescape"))
 
@@ -73,8 +77,12 @@ class Redactor:
         return self.text(urlencode(pairs, safe="/[]:@,", quote_via=quote))
 
 
-def _cut(text: str, limit: int) -> tuple[str, bool]:
-    return (text[:limit], True) if len(text) > limit else (text, False)
+def _cut(value: Any, limit: int, redact: Any, margin: int) -> tuple[Any, bool]:
+    """`value` redacted, then cut to `limit` (str or bytes); True when something was cut.
+    Only what can reach the kept part is redacted: a field 30 times its limit costs no
+    more than one at its limit."""
+    redacted = redact(value[: limit + margin])
+    return redacted[:limit], len(value) > limit or len(redacted) > limit
 
 
 def _is_json(data: bytes | None) -> bool:
@@ -122,17 +130,20 @@ class Recorded:
         cls, environ: dict[str, Any], body: bytes, redactor: Redactor, salt: bytes
     ) -> Recorded:
         method = environ.get("REQUEST_METHOD", "")[:METHOD_CHARS]
-        path, path_cut = _cut(redactor.text(decoded(environ.get("PATH_INFO", ""))), PATH_CHARS)
-        query, query_cut = _cut(
-            redactor.query(decoded(environ.get("QUERY_STRING", ""))), PATH_CHARS
+        margin = redactor.margin
+        path, path_cut = _cut(
+            decoded(environ.get("PATH_INFO", "")), PATH_CHARS, redactor.text, margin
         )
-        body = redactor.bytes(body)
+        query, query_cut = _cut(
+            decoded(environ.get("QUERY_STRING", "")), PATH_CHARS, redactor.query, margin
+        )
+        kept, body_cut = _cut(body, BODY_BYTES, redactor.bytes, margin)
         entry = cls(
             method=method,
             path=path,
             query=query,
-            body=body[:BODY_BYTES],
-            body_truncated=len(body) > BODY_BYTES,
+            body=kept,
+            body_truncated=body_cut,
             path_truncated=path_cut,
             query_truncated=query_cut,
         )
@@ -156,21 +167,20 @@ class Recorded:
             if SECRET_NAME.search(name):
                 self.secret_headers[name.lower()] = secret_digest(salt, value)
                 value = masked(name, value)
-            value = redactor.text(value)
             room = budget - len(name)
             if room <= 0:
                 self.headers_truncated = True
                 break
-            if len(value) > room:
-                value, self.headers_truncated = value[:room], True
+            value, cut = _cut(value, room, redactor.text, redactor.margin)
+            self.headers_truncated |= cut
             self.headers[name] = value
             budget -= len(name) + len(value)
 
     def answered(self, status_line: str, data: bytes, redactor: Redactor) -> None:
         self.status = int(status_line.split(" ", 1)[0])
-        data = redactor.bytes(data)
-        self.response = data[:BODY_BYTES]
-        self.response_truncated = len(data) > BODY_BYTES
+        self.response, self.response_truncated = _cut(
+            data, BODY_BYTES, redactor.bytes, redactor.margin
+        )
         self.response_is_json = not self.response_truncated and _is_json(self.response)
 
     def parsed_body(self) -> Any:
