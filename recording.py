@@ -189,6 +189,12 @@ class Recorded:
             raise ValueError("not JSON")
         return schemas.decode_json(self.body)
 
+    def header(self, lower_name: str) -> str | None:
+        for name, value in self.headers.items():
+            if name.lower() == lower_name:
+                return value
+        return None
+
     def parsed_query(self) -> dict[str, list[str]]:
         return parse_qs(self.query, keep_blank_values=True)
 
@@ -286,9 +292,16 @@ class RequestLog:
 
 
 def json_array(name: str, entries: Iterable[Recorded]) -> Iterator[str]:
-    """`{"<name>":[...]}` in pieces, one record at a time: answering never holds more
-    than one rendered record beside the log."""
-    yield f'{{"{name}":['
+    """`{"<name>":[...]}` in pieces of about 64 KiB, rendered a record at a time: answering
+    never holds more than a piece beside the log."""
+    piece = [f'{{"{name}":[']
+    size = 0
     for position, entry in enumerate(entries):
-        yield ("," if position else "") + entry.to_json()
-    yield "]}"
+        text = ("," if position else "") + entry.to_json()
+        piece.append(text)
+        size += len(text)
+        if size >= 65_536:
+            yield "".join(piece)
+            piece, size = [], 0
+    piece.append("]}")
+    yield "".join(piece)

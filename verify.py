@@ -182,21 +182,109 @@ class Comparison:
         self.differences.extend(differences)
 
 
-def compare(expected: Expected, entry: Recorded, salt: bytes, redactor: Redactor) -> Comparison:
-    result = Comparison()
-    if expected.method is not None and entry.method != expected.method:
-        result.fail("method", 1, [Difference("method", expected.method, entry.method)])
-    if expected.path is not None:
-        _compare_path(expected, entry, result)
-    if expected.query is not None:
-        _compare_query(expected.query, entry, result, redactor)
-    if expected.headers is not None:
-        _compare_headers(expected.headers, entry, result, salt, redactor)
-    if expected.has_json:
-        _compare_json(expected.json, entry, result, redactor)
-    if expected.status is not None and entry.status != expected.status:
-        result.fail("status", 1, [Difference("status", expected.status, entry.status)])
-    return result
+@dataclass
+class _Header:
+    name: str
+    lower: str
+    value: str | None
+    shown: str | None  # as a difference shows it: redacted, a secret one masked
+    digest: bytes | None  # to tell a secret header's value without keeping it
+
+
+class Matcher:
+    """What a test expects, prepared once for a pass over the log: the wanted values
+    redacted for showing, secret headers digested, JSON leaves counted."""
+
+    def __init__(self, expected: Expected, salt: bytes, redactor: Redactor):
+        self.expected = expected
+        self.redactor = redactor
+        self.json = _redacted(expected.json, redactor)
+        self.json_leaves = _leaves(self.json)
+        self.query = expected.query
+        if isinstance(expected.query, str):
+            self.query = redactor.query(expected.query)
+        elif expected.query is not None:
+            self.query = {
+                name: [redactor.text(value) for value in values or []]
+                for name, values in expected.query.items()
+            }
+        self.headers = [
+            _Header(
+                name,
+                name.lower(),
+                value,
+                None if value is None else _shown_header(name, value, redactor),
+                None if value is None else secret_digest(salt, value),
+            )
+            for name, value in (expected.headers or {}).items()
+        ]
+
+    def compare(self, entry: Recorded) -> Comparison:
+        expected, result = self.expected, Comparison()
+        if expected.method is not None and entry.method != expected.method:
+            result.fail("method", 1, [Difference("method", expected.method, entry.method)])
+        if expected.path is not None:
+            _compare_path(expected, entry, result)
+        if self.query is not None:
+            self._compare_query(entry, result)
+        if self.headers:
+            self._compare_headers(entry, result)
+        if expected.has_json:
+            self._compare_json(entry, result)
+        if expected.status is not None and entry.status != expected.status:
+            result.fail("status", 1, [Difference("status", expected.status, entry.status)])
+        return result
+
+    def _compare_query(self, entry: Recorded, result: Comparison) -> None:
+        if isinstance(self.query, str):
+            if self.query != entry.query:
+                result.fail("query", 1, [Difference("query", self.query, entry.query)])
+            return
+        assert self.query is not None
+        seen = entry.parsed_query()
+        differences = []
+        for name, values in self.query.items():
+            if name not in seen:
+                differences.append(Difference(f"query.{name}", _one(values), None, missing=True))
+            elif seen[name] != values:
+                differences.append(Difference(f"query.{name}", _one(values), _one(seen[name])))
+        if differences:
+            result.fail("query", len(differences) / len(self.query), differences)
+
+    def _compare_headers(self, entry: Recorded, result: Comparison) -> None:
+        differences = []
+        for header in self.headers:
+            label = f"headers.{header.name}"
+            seen = entry.header(header.lower)
+            if header.value is None:
+                if seen is not None:
+                    differences.append(Difference(label, None, seen))
+            elif seen is None:
+                differences.append(Difference(label, header.shown, None, missing=True))
+            elif header.lower in entry.secret_headers:
+                digest = entry.secret_headers[header.lower]
+                if not hmac.compare_digest(header.digest or b"", digest):
+                    other = seen + (" (another value)" if seen == header.shown else "")
+                    differences.append(Difference(label, header.shown, other))
+            elif self.redactor.text(header.value) != seen:
+                differences.append(Difference(label, header.shown, seen))
+        if differences:
+            result.fail("headers", len(differences) / len(self.headers), differences)
+
+    def _compare_json(self, entry: Recorded, result: Comparison) -> None:
+        if not entry.body:
+            result.fail("json", 1, [Difference("json", self.json, None, missing=True)])
+            return
+        try:
+            body = entry.parsed_body()
+        except ValueError:
+            seen = entry.body.decode("utf-8", "replace")
+            result.fail("json", 1, [Difference("json", self.json, seen)])
+            return
+        differences: list[Difference] = []
+        off = _json_differences(self.json, body, "json", differences)
+        if differences:
+            result.fail("json", off / self.json_leaves, differences)
 
 
 def _compare_path(expected: Expected, entry: Recorded, result: Comparison) -> None:
@@ -225,82 +313,12 @@ def _segment_fits(wanted: str | None, seen: str) -> bool:
     return bool(seen) if wanted is ANY else wanted == seen
 
 
-def _compare_query(
-    wanted: dict[str, list[str] | None] | str,
-    entry: Recorded,
-    result: Comparison,
-    redactor: Redactor,
-) -> None:
-    if isinstance(wanted, str):
-        normal = redactor.query(wanted)
-        if normal != entry.query:
-            result.fail("query", 1, [Difference("query", normal, entry.query)])
-        return
-    seen = entry.parsed_query()
-    differences = []
-    for name, values in wanted.items():
-        shown = [redactor.text(value) for value in values or []]
-        if name not in seen:
-            differences.append(Difference(f"query.{name}", _one(shown), None, missing=True))
-        elif seen[name] != shown:
-            differences.append(Difference(f"query.{name}", _one(shown), _one(seen[name])))
-    if differences:
-        result.fail("query", len(differences) / len(wanted), differences)
-
-
 def _one(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def _compare_headers(
-    wanted: dict[str, str | None],
-    entry: Recorded,
-    result: Comparison,
-    salt: bytes,
-    redactor: Redactor,
-) -> None:
-    seen = {name.lower(): value for name, value in entry.headers.items()}
-    differences = []
-    for name, value in wanted.items():
-        lower, label = name.lower(), f"headers.{name}"
-        if value is None:
-            if lower in seen:
-                differences.append(Difference(label, None, seen[lower]))
-            continue
-        if lower not in seen:
-            differences.append(Difference(label, _shown_header(name, value, redactor), None, True))
-            continue
-        digest = entry.secret_headers.get(lower)
-        if digest is not None:
-            if not hmac.compare_digest(secret_digest(salt, value), digest):
-                shown = _shown_header(name, value, redactor)
-                other = seen[lower] + (" (another value)" if seen[lower] == shown else "")
-                differences.append(Difference(label, shown, other))
-        elif redactor.text(value) != seen[lower]:
-            differences.append(Difference(label, redactor.text(value), seen[lower]))
-    if differences:
-        result.fail("headers", len(differences) / len(wanted), differences)
-
-
 def _shown_header(name: str, value: str, redactor: Redactor) -> str:
     return redactor.text(masked(name, value) if SECRET_NAME.search(name) else value)
-
-
-def _compare_json(wanted: Any, entry: Recorded, result: Comparison, redactor: Redactor) -> None:
-    shown = _redacted(wanted, redactor)
-    if not entry.body:
-        result.fail("json", 1, [Difference("json", shown, None, missing=True)])
-        return
-    try:
-        body = entry.parsed_body()
-    except ValueError:
-        seen = entry.body.decode("utf-8", "replace")
-        result.fail("json", 1, [Difference("json", shown, seen)])
-        return
-    differences: list[Difference] = []
-    off = _json_differences(shown, body, "json", differences)
-    if differences:
-        result.fail("json", off / _leaves(shown), differences)
 
 
 def _json_differences(wanted: Any, seen: Any, label: str, out: list[Difference]) -> int:
@@ -412,12 +430,13 @@ def verify(
     others (closest first; the newer first among equals)."""
     matches: list[Recorded] = []
     misses: list[tuple[float, int, Recorded, Comparison]] = []
+    matcher = Matcher(expected, salt, redactor)
     criteria = {key for key in expected.given if key != "count"}
     met_somewhere: set[str] = set()
     recorded = 0
     for entry in entries:
         recorded += 1
-        comparison = compare(expected, entry, salt, redactor)
+        comparison = matcher.compare(entry)
         met_somewhere |= criteria - comparison.failed
         if comparison.failed:
             misses.append((comparison.distance, -entry.id, entry, comparison))
