@@ -10,6 +10,11 @@ port, an optional seed) and a few control routes exist only here (no key needed)
     POST   /_double/faults             make matching requests fail: a status, a delay, or
     GET    /_double/faults             a dropped connection (before or after the write)
     DELETE /_double/faults
+    POST   /_double/verify             did it receive a request like this? the matches,
+                                       or the near misses and how each differs
+
+This module is the wiring; faults live in faults.py, the request log (bounds and
+redaction) in recording.py, matching and near misses in verify.py.
 
 From any language:
 

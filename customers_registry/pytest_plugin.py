@@ -7,6 +7,12 @@ no recorded requests, no faults, the same key. Nothing of the service is importe
 only the standard library and pytest, so a project with its own `app.py` or `models.py`,
 or its own pins of Flask and marshmallow, is never touched by it.
 
+A test checks what its client sent with `assert_request_made`, `calls` and
+`wait_for_request`: the double matches and ranks the near misses (`POST
+/_double/verify`), this module only formats its answer. Strict teardown (the marker
+`customers_double(strict=True)` or the ini option `customers_double_strict`) fails a test
+whose faults never fired or whose client got an answer it should not have.
+
 `CUSTOMERS_DOUBLE_COMMAND`, when set, is the command line that starts the double (split
 as a shell would; this plugin adds `--port 0 --api-key ...` after it): for instance the
 `customers-double` of another environment (pipx, uv tool, a venv of its own).

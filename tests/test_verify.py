@@ -5,12 +5,17 @@ HTTP (`POST /_double/verify`), with the failure text a person reads when it fail
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+import double
 from tests.support import REPO, request
+from tests.test_double import SEED, readme_recipe
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
@@ -418,3 +423,60 @@ def test_strict_by_ini_option(pytester, monkeypatch):
     result.stdout.fnmatch_lines(
         ["FAILED test_strict.py::test_not_strict - Failed: customers_double*"]
     )
+
+
+# --- The README's recipes, run as written ----------------------------------------------------
+
+
+def test_readme_verify_recipe_fails_as_the_readme_shows(tmp_path):
+    (tmp_path / "test_verify_recipe.py").write_text(readme_recipe("verify"))
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "pytest", "-p", "customers_registry.pytest_plugin"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed" in result.stdout
+    assert readme_recipe("verify-output") in result.stdout
+
+
+def test_readme_verify_curl_recipe(tmp_path):
+    with double.serve(seed_document=SEED) as running:
+        port = port_of(running)
+        assert (
+            request(port, "GET", "/api/v1/customers/seeded-1", headers=running.headers).status
+            == 200
+        )
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_recipe("verify-curl")],
+            env={**os.environ, "LAGO_URL": running.url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    decoder, text, answers = json.JSONDecoder(), result.stdout, []
+    while text:
+        answer, end = decoder.raw_decode(text)
+        answers.append(answer)
+        text = text[end:].lstrip()
+    matched, missed = answers
+    assert [(m["id"], m["path"], m["status"]) for m in matched["matches"]] == [
+        (1, "/api/v1/customers/seeded-1", 200)
+    ]
+    assert (missed["status"], missed["error_details"]) == (
+        422,
+        {"path": ["not_met"], "count": ["not_met"]},
+    )
+    assert [miss["differences"] for miss in missed["near_misses"]] == [
+        [
+            {
+                "field": "path",
+                "wanted": "/api/v1/customers/seeded-2",
+                "seen": "/api/v1/customers/seeded-1",
+            }
+        ]
+    ]
