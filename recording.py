@@ -34,7 +34,8 @@ REDACTED = logs.REDACTED
 # only where it stands alone, between characters that are not letters or digits: hiding
 # every "a" of a body would say nothing and only grow it.
 WHOLE_TOKEN_BELOW = 8
-SECRET_NAME = re.compile(logs.SECRET_PARAMETER.pattern + "|cookie", re.IGNORECASE)
+SECRET_PARAMETER = logs.SECRET_PARAMETER  # a query parameter whose value is never kept
+SECRET_NAME = re.compile(SECRET_PARAMETER.pattern + "|cookie", re.IGNORECASE)  # a header's
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,19}")
 
 
@@ -71,7 +72,7 @@ class Redactor:
     def query(self, query: str) -> str:
         """A query string with the values of secret-named parameters hidden as well."""
         pairs = [
-            (self.text(name), REDACTED if logs.SECRET_PARAMETER.search(name) else self.text(value))
+            (self.text(name), REDACTED if SECRET_PARAMETER.search(name) else self.text(value))
             for name, value in parse_qsl(query, keep_blank_values=True)
         ]
         return self.text(urlencode(pairs, safe="/[]:@,", quote_via=quote))

@@ -19,7 +19,15 @@ from marshmallow import ValidationError
 
 import schemas
 from faults import TOKEN, is_int
-from recording import SECRET_NAME, Recorded, Redactor, masked, secret_digest
+from recording import (
+    REDACTED,
+    SECRET_NAME,
+    SECRET_PARAMETER,
+    Recorded,
+    Redactor,
+    masked,
+    secret_digest,
+)
 
 FIELDS = ("method", "path", "query", "headers", "json", "status", "count")
 NEAR_MISSES = 5
@@ -205,7 +213,7 @@ class Matcher:
             self.query = redactor.query(expected.query)
         elif expected.query is not None:
             self.query = {
-                name: [redactor.text(value) for value in values or []]
+                name: [_shown_parameter(name, value, redactor) for value in values or []]
                 for name, values in expected.query.items()
             }
         self.headers = [
@@ -321,6 +329,31 @@ def _shown_header(name: str, value: str, redactor: Redactor) -> str:
     return redactor.text(masked(name, value) if SECRET_NAME.search(name) else value)
 
 
+def _shown_parameter(name: str, value: str, redactor: Redactor) -> str:
+    # A secret-named parameter's value is never recorded: any value matches it.
+    return REDACTED if SECRET_PARAMETER.search(name) else redactor.text(value)
+
+
+def _shown_wanted(given: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """The fields a test gave, as a failure shows them: keys hidden, secret headers masked."""
+    shown = _redacted(given, redactor)
+    if isinstance(given.get("headers"), dict):
+        shown["headers"] = {
+            name: None if value is None else _shown_header(name, value, redactor)
+            for name, value in given["headers"].items()
+        }
+    if isinstance(given.get("query"), dict):
+        shown["query"] = {
+            name: [_shown_parameter(name, v, redactor) for v in values]
+            if isinstance(values, list)
+            else _shown_parameter(name, values, redactor)
+            for name, values in given["query"].items()
+        }
+    elif isinstance(given.get("query"), str):
+        shown["query"] = redactor.query(given["query"])
+    return shown
+
+
 def _json_differences(wanted: Any, seen: Any, label: str, out: list[Difference]) -> int:
     """Record where `seen` does not hold `wanted` (objects by subset, anything else
     exactly); returns how many of the wanted leaves are off."""
@@ -409,7 +442,7 @@ class Verdict:
         return {
             "message": self.message(),
             "error_details": details,
-            "wanted": _redacted(self.expected.given, redactor),
+            "wanted": _shown_wanted(self.expected.given, redactor),
             "matched": len(self.matches),
             "recorded": self.recorded,
             "matches": [entry.as_dict() for entry in self.matches[:NEAR_MISSES]],

@@ -159,6 +159,17 @@ def test_keys_stay_redacted_and_another_key_is_told_apart(customers_double):
     assert status == 422 and key not in json.dumps(answer)
 
 
+def test_secret_parameters_and_headers_match_without_being_shown(customers_double):
+    path = "/api/v1/customers?api_key=abc123&page=1"
+    send(customers_double, "GET", path, headers={"X-Api-Key": "sekrit-1"})
+    made = customers_double.assert_request_made
+    [call] = made(query={"api_key": "any value", "page": "1"}, headers={"x-api-key": "sekrit-1"})
+    assert (call.query, call.headers["X-Api-Key"]) == ("api_key=[redacted]&page=1", "[redacted]")
+    text = failure(lambda: made(query={"page": "2"}, headers={"X-Api-Key": "sekrit-2"}))
+    assert "sekrit" not in text and "abc123" not in text
+    assert 'headers.X-Api-Key: wanted "[redacted]", seen "[redacted] (another value)"' in text
+
+
 # --- Near misses ---------------------------------------------------------------------------
 
 
