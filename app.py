@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import click
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -41,6 +41,7 @@ import metrics
 import migrations
 import models
 import openapi
+import outage
 import schemas
 
 # The release (semantic versioning): /health, the OpenAPI document, both commands'
@@ -174,7 +175,8 @@ def error_response(exc: HTTPException) -> Response:
 
 
 def handle_database_error(exc: Exception) -> Response:
-    log.error("database unavailable: %s", exc)
+    # One line when an outage starts and one when it ends (outage.py), not one a request.
+    current_app.extensions["customers.outage"].refused(exc)
     g.database_failed = True  # teardown drops this connection instead of pooling it
     return error_response(ApiError(503))
 
@@ -352,8 +354,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     try:
         prepare()
     except DATABASE_ERRORS as exc:
-        log.warning("database unavailable at start (%s); trying again on each request", exc)
+        log.warning(
+            "database unavailable at start (%s); trying again on each request", outage.reason(exc)
+        )
     app.extensions["customers.db"] = db
+    password = urlsplit(settings.database_url).password
+    app.extensions["customers.outage"] = outage.OutageLog(
+        masked_url(settings.database_url), log, password=unquote(password) if password else None
+    )
     app.extensions["customers.keys"] = checker
     app.extensions["customers.preparation"] = prepare
 
@@ -414,7 +422,9 @@ def check_database(environ: Mapping[str, str]) -> None:
         with connections.using(db):
             found = migrations.version_of(db)
     except DATABASE_ERRORS as exc:
-        log.warning("database unavailable at start (%s); the workers will retry", exc)
+        log.warning(
+            "database unavailable at start (%s); the workers will retry", outage.reason(exc)
+        )
         return
     finally:
         db.close_all()
@@ -443,6 +453,7 @@ def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
                 db.manual_close()
             else:
                 db.close()
+                app.extensions["customers.outage"].served()
         token = g.pop("db_token", None)
         if token is not None:
             connections.deactivate(token)

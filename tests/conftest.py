@@ -20,7 +20,7 @@ import connections
 import models
 from app import create_app
 
-pytest_plugins = ["customers_registry.pytest_plugin"]
+pytest_plugins = ["customers_registry.pytest_plugin", "tests.installed"]
 
 API_KEY = "test-key-0123456789abcdef0123456789abcdef"
 BACKEND = os.environ.get("TEST_DATABASE", "sqlite")
