@@ -288,10 +288,10 @@ def delete_customer(customer_id: str) -> Response:
 @auth.require_api_key
 def list_customers() -> Response:
     try:
-        page, per_page = schemas.load_page_params(request.args)
+        page, per_page, filters = schemas.load_list_params(request.args)
     except ValidationError as exc:
         raise validation_error(exc.messages) from None  # type: ignore[arg-type]
-    rows, total = models.list_customers(g.organization_id, page, per_page)
+    rows, total = models.list_customers(g.organization_id, page, per_page, filters)
     return jsonify(
         customers=[schemas.dump_customer(row) for row in rows],
         meta=schemas.page_meta(page, per_page, total),

@@ -26,8 +26,9 @@ from peewee import (
 )
 from peewee import __exception_wrapper__ as driver_errors
 
+import search
 from connections import current, database, is_sqlite, using
-from schemas import CUSTOMER_FIELDS, DEFAULT_MAX_LENGTH, URL_MAX_LENGTH
+from schemas import CUSTOMER_FIELDS, DEFAULT_MAX_LENGTH, URL_MAX_LENGTH, ListFilters
 
 
 def utcnow() -> datetime:
@@ -262,6 +263,7 @@ def _statement(name: str, param: str) -> str:
         "page": f'SELECT {_RETURNING} FROM "customer" WHERE "organization_id" = {param}'
         f' ORDER BY "created_at" DESC, "lago_id" LIMIT {param} OFFSET {param}',
         "count": f'SELECT "customer_count" FROM "organization" WHERE "id" = {param}',
+        "table count": 'SELECT sum("customer_count") FROM "organization"',
     }[name]
 
 
@@ -361,13 +363,32 @@ def delete_customer(organization_id: int, customer_id: str) -> Row | None:
     return _customer_row(_one(rows))
 
 
-def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Row], int]:
-    """One page of the organization's customers, newest first then `lago_id` ascending
-    (the order of the list index), and how many the organization has in all."""
+def list_customers(
+    organization_id: int,
+    page: int,
+    per_page: int,
+    filters: ListFilters | None = None,
+) -> tuple[list[Row], int]:
+    """One page of the organization's customers that pass `filters`, newest first then
+    `lago_id` ascending (the order of the list index), and how many pass in all."""
     param = database.param
     counted = _one(_run(_statement("count", param), (organization_id,)))
-    rows = _run(_statement("page", param), (organization_id, per_page, (page - 1) * per_page))
-    return [_customer_row(values) for values in rows], counted[0] if counted else 0
+    organization_total = counted[0] if counted else 0
+    offset = (page - 1) * per_page
+    if not filters:
+        rows = _run(_statement("page", param), (organization_id, per_page, offset))
+        return [_customer_row(values) for values in rows], organization_total
+    if not organization_total:
+        return [], 0
+    (table_total,) = _one(_run(_statement("table count", param), ()))
+    statements = search.FilteredList(
+        current(), organization_id, filters, organization_total, table_total
+    )
+    total = _one(_run(*statements.count()))[0]
+    if offset >= total:
+        return [], total
+    sql, params = statements.page(_RETURNING, per_page, offset, total)
+    return [_customer_row(values) for values in _run(sql, params)], total
 
 
 def clear_customers() -> int:

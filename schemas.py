@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -243,6 +244,90 @@ def page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
         "total_pages": total_pages,
         "total_count": total,
     }
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    """The list's filters, as loaded from the query string: `search_term` trimmed (None
+    when absent or blank), the lists as sets of exact values (empty: no filter), the
+    countries upper-case."""
+
+    search_term: str | None = None
+    countries: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()
+    zipcodes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.search_term or self.countries or self.states or self.zipcodes)
+
+
+# Lago's names; each list is also read in its plain repeated form (`countries=US`).
+FILTER_LISTS = ("countries", "states", "zipcodes")
+MAX_FILTER_VALUES = 100
+
+
+def load_list_filters(args: Any) -> ListFilters:
+    """The filters of the list route from a query string (a Werkzeug `MultiDict`, or any
+    mapping whose `getlist` gives every value of a repeated name). A bad value is a
+    `ValidationError` keyed by the parameter's name, every bad parameter at once."""
+    errors: dict[str, list[str]] = {}
+    term = None
+    raw_terms = args.getlist("search_term")
+    if len(raw_terms) > 1:
+        errors["search_term"] = [INVALID]
+    elif raw_terms:
+        text, error = _filter_text(raw_terms[0])
+        if error:
+            errors["search_term"] = [error]
+        term = text.strip() or None
+    lists: dict[str, frozenset[str]] = {}
+    for name in FILTER_LISTS:
+        values = [*args.getlist(f"{name}[]"), *args.getlist(name)]
+        if len(values) > MAX_FILTER_VALUES:
+            errors[name] = [TOO_LONG]
+            continue
+        loaded = set()
+        for value in values:
+            text, error = _filter_text(value)
+            if error is None and name == "countries":
+                text = text.upper() if text.isascii() else ""
+                if text not in COUNTRY_CODES:
+                    error = NOT_A_COUNTRY
+            if error:
+                errors[name] = [error]
+                break
+            loaded.add(text)
+        lists[name] = frozenset(loaded)
+    if errors:
+        raise ValidationError(errors)
+    return ListFilters(term, **lists)
+
+
+def _filter_text(value: str) -> tuple[str, str | None]:
+    if _FORBIDDEN.search(value):
+        return value, INVALID
+    if len(value) > DEFAULT_MAX_LENGTH:
+        return value, TOO_LONG
+    return value, None
+
+
+def load_list_params(args: Any) -> tuple[int, int, ListFilters]:
+    """`page`, `per_page` and the filters of the list route; a `ValidationError` names
+    every bad parameter at once."""
+    errors: dict[str, list[str]] = {}
+    page = per_page = 0
+    filters = ListFilters()
+    try:
+        page, per_page = load_page_params(args)
+    except ValidationError as exc:
+        errors.update(exc.messages)  # type: ignore[arg-type]
+    try:
+        filters = load_list_filters(args)
+    except ValidationError as exc:
+        errors.update(exc.messages)  # type: ignore[arg-type]
+    if errors:
+        raise ValidationError(errors)
+    return page, per_page, filters
 
 
 def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:
