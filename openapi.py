@@ -63,6 +63,41 @@ def _input_property(field: schemas.CustomerString) -> dict[str, Any]:
     return {"anyOf": variants}
 
 
+def _list_filter_parameters() -> list[dict[str, Any]]:
+    """The list's search and filters (schemas.load_list_filters); each list both as
+    `name[]` (Lago's) and as a plain repeated `name`."""
+    text = {"type": "string", "maxLength": schemas.DEFAULT_MAX_LENGTH, "pattern": TEXT_PATTERN}
+    codes = sorted(schemas.COUNTRY_CODES)
+    items = {
+        "countries": {"type": "string", "enum": codes + [code.lower() for code in codes]},
+        "states": text,
+        "zipcodes": text,
+    }
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": "search_term",
+            "in": "query",
+            "description": "Case-insensitive substring of name, legal_name, customer_id or "
+            "email; surrounding spaces ignored; blank: no filter; %, _ and \\ are literal.",
+            "schema": text,
+        }
+    ]
+    for name in schemas.FILTER_LISTS:
+        for spelled in (f"{name}[]", name):
+            parameters.append(
+                {
+                    "name": spelled,
+                    "in": "query",
+                    "description": f"Exact {name}, any of them (OR); with the other "
+                    "parameters, all of them (AND).",
+                    "style": "form",
+                    "explode": True,
+                    "schema": {"type": "array", "items": items[name]},
+                }
+            )
+    return parameters
+
+
 def _output_property(name: str, field: Any) -> dict[str, Any]:
     if name == "lago_id":
         return {"type": "string", "format": "uuid"}
@@ -103,6 +138,7 @@ ERRORS = {
     401: ("Unauthorized", "No valid `Authorization: Bearer <key>`."),
     404: ("Not Found", "No such customer in the key's organization."),
     413: ("Payload Too Large", "The body is larger than the configured limit."),
+    414: ("URI Too Long", "The request line is longer than the server takes (8 KiB)."),
     422: ("Unprocessable entity", "A field or parameter breaks a rule."),
     503: ("Service Unavailable", "The database cannot be reached."),
 }
@@ -251,10 +287,11 @@ def document(version: str) -> dict[str, Any]:
                                 "default": schemas.DEFAULT_PER_PAGE,
                             },
                         },
+                        *_list_filter_parameters(),
                     ],
                     "responses": {
                         "200": _response("A page of customers.", _ref("CustomerList")),
-                        **_errors(401, 422, 503),
+                        **_errors(401, 414, 422, 503),
                     },
                 },
             },

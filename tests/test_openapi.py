@@ -98,6 +98,13 @@ def test_every_documented_status_is_reached_and_conforms(client, app, tmp_path):
             if method == "parameters":
                 continue
             for status, spec in operation["responses"].items():
+                schema = spec["content"]["application/json"]["schema"]
+                if status == "414":
+                    # gunicorn and nginx answer it before the app: tests/test_edges.py
+                    # checks they answer this body.
+                    _validator(schema).validate({"status": 414, "error": "URI Too Long"})
+                    reached.append((path, method, status))
+                    continue
                 response = _request_for(client, app, tmp_path, path, method.upper(), int(status))
                 assert response.status_code == int(status), (path, method, status)
                 schema = spec["content"]["application/json"]["schema"]

@@ -293,7 +293,6 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
         ("search_term=a&search_term=b", {"search_term": ["value_is_invalid"]}),
         ("states[]=" + "s" * 256, {"states": ["value_is_too_long"]}),
         ("zipcodes=%07", {"zipcodes": ["value_is_invalid"]}),
-        ("zipcodes=" + "&zipcodes=".join(["1"] * 101), {"zipcodes": ["value_is_too_long"]}),
         (
             "countries=XX&search_term=%01&page=0",
             {
@@ -315,9 +314,10 @@ def test_a_bad_value_is_a_422_keyed_by_the_parameter(client, people, query, deta
     }
 
 
-def test_a_term_of_exactly_255_characters_and_100_values_are_accepted(client, people):
+def test_a_term_of_exactly_255_characters_and_many_values_are_accepted(client, people):
     assert listed(client, {"search_term": "a" * 255})["customers"] == []
-    assert listed(client, [("zipcodes", str(n)) for n in range(100)])["customers"] == []
+    many = [("zipcodes", str(n)) for n in range(1000)] + [("zipcodes", "N1")]
+    assert [c["customer_id"] for c in listed(client, many)["customers"]] == ["cus-ada"]
 
 
 # --- organizations, writes ----------------------------------------------------------------
