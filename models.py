@@ -264,6 +264,7 @@ def _statement(name: str, param: str) -> str:
         f' ORDER BY "created_at" DESC, "lago_id" LIMIT {param} OFFSET {param}',
         "count": f'SELECT "customer_count" FROM "organization" WHERE "id" = {param}',
         "table count": 'SELECT sum("customer_count") FROM "organization"',
+        "cursor key": 'SELECT "secret" FROM "list_cursor_key" WHERE "id" = 1',
     }[name]
 
 
@@ -368,27 +369,58 @@ def list_customers(
     page: int,
     per_page: int,
     filters: ListFilters | None = None,
-) -> tuple[list[Row], int]:
+    cursor: str | None = None,
+) -> tuple[list[Row], int, str | None]:
     """One page of the organization's customers that pass `filters`, newest first then
-    `lago_id` ascending (the order of the list index), and how many pass in all."""
+    `lago_id` ascending (the order of the list index): page number `page`, or, given a
+    `cursor`, the customers after it. Returns the rows, how many pass in all, and the
+    cursor after the last row (None when no row follows it). Raises `search.BadCursor`
+    for a cursor not made here for this organization."""
     param = database.param
+    filters = filters or ListFilters()
+    after = None
+    if cursor is not None:
+        created_at, lago_id = search.open_cursor(_cursor_secret(), organization_id, cursor)
+        after = (Customer.created_at.db_value(created_at), Customer.lago_id.db_value(lago_id))
     counted = _one(_run(_statement("count", param), (organization_id,)))
-    organization_total = counted[0] if counted else 0
-    offset = (page - 1) * per_page
-    if not filters:
-        rows = _run(_statement("page", param), (organization_id, per_page, offset))
-        return [_customer_row(values) for values in rows], organization_total
-    if not organization_total:
-        return [], 0
-    (table_total,) = _one(_run(_statement("table count", param), ()))
-    statements = search.FilteredList(
-        current(), organization_id, filters, organization_total, table_total
-    )
-    total = _one(_run(*statements.count()))[0]
-    if offset >= total:
-        return [], total
-    sql, params = statements.page(_RETURNING, per_page, offset, total)
-    return [_customer_row(values) for values in _run(sql, params)], total
+    organization_total = total = counted[0] if counted else 0
+    offset = 0 if after else (page - 1) * per_page
+    if not filters and not after:
+        # One more row than the page: whether another follows it.
+        rows = _run(_statement("page", param), (organization_id, per_page + 1, offset))
+    elif not organization_total:
+        return [], 0, None
+    else:
+        statements = search.FilteredList(
+            current(),
+            organization_id,
+            filters,
+            organization_total,
+            _one(_run(_statement("table count", param), ()))[0] if filters else total,
+        )
+        if filters:
+            total = _one(_run(*statements.count()))[0]
+        if offset >= total:
+            return [], total, None
+        rows = _run(*statements.page(_RETURNING, per_page + 1, offset, total, after))
+    customers = [_customer_row(values) for values in rows[:per_page]]
+    next_cursor = None
+    if len(rows) > per_page:
+        last = customers[-1]
+        next_cursor = search.seal_cursor(
+            _cursor_secret(), organization_id, last["created_at"], last["lago_id"]
+        )
+    return customers, total, next_cursor
+
+
+def _cursor_secret() -> str:
+    """The database's cursor key, read once per database object."""
+    db = current()
+    secret = getattr(db, "cursor_secret", None)
+    if secret is None:
+        (secret,) = _one(_run(_statement("cursor key", database.param), ()))
+        db.cursor_secret = secret
+    return secret
 
 
 def clear_customers() -> int:

@@ -75,12 +75,19 @@ def _list_filter_parameters() -> list[dict[str, Any]]:
     }
     parameters: list[dict[str, Any]] = [
         {
+            "name": "cursor",
+            "in": "query",
+            "description": "A `meta.next_cursor` of an earlier answer: the customers after "
+            "it, in the same order; not with `page`.",
+            "schema": {"type": "string", "minLength": 1},
+        },
+        {
             "name": "search_term",
             "in": "query",
             "description": "Case-insensitive substring of name, legal_name, customer_id or "
             "email; surrounding spaces ignored; blank: no filter; %, _ and \\ are literal.",
             "schema": text,
-        }
+        },
     ]
     for name in schemas.FILTER_LISTS:
         for spelled in (f"{name}[]", name):
@@ -197,14 +204,17 @@ def document(version: str) -> dict[str, Any]:
         "description": "The caller's customer_id, URL-encoded.",
         "schema": {"type": "string", "minLength": 1},
     }
-    page_meta = {
+    page_meta: dict[str, Any] = {
         name: {
-            "type": ["integer", "null"]
-            if name.endswith("_page") and name != "current_page"
-            else "integer",
+            # A page read by cursor has no page numbers.
+            "type": ["integer", "null"] if name.endswith("_page") else "integer",
             "minimum": 0,
         }
         for name in ("current_page", "next_page", "prev_page", "total_pages", "total_count")
+    }
+    page_meta["next_cursor"] = {
+        "type": ["string", "null"],
+        "description": "Pass as `cursor` for the customers after this page; null at the end.",
     }
     return {
         "openapi": "3.1.0",

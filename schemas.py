@@ -225,25 +225,33 @@ def is_possible_customer_id(value: str) -> bool:
     return 0 < len(value) <= DEFAULT_MAX_LENGTH and not _FORBIDDEN.search(value)
 
 
-def page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
-    """Lago's pagination `meta`. No customers at all: page 0 of 0. A page past the end
-    keeps its number, with no next page and the page before it as the previous one."""
+def page_meta(
+    page: int, per_page: int, total: int, next_cursor: str | None = None, by_cursor: bool = False
+) -> dict[str, Any]:
+    """Lago's pagination `meta`, and `next_cursor`. No customers at all: page 0 of 0. A
+    page past the end keeps its number, with no next page and the page before it as the
+    previous one. A page read by cursor has no page numbers (null)."""
     if total == 0:
-        return {
+        meta: dict[str, Any] = {
             "current_page": 0,
             "next_page": None,
             "prev_page": None,
             "total_pages": 0,
             "total_count": 0,
         }
-    total_pages = -(-total // per_page)
-    return {
-        "current_page": page,
-        "next_page": page + 1 if page < total_pages else None,
-        "prev_page": page - 1 if page > 1 else None,
-        "total_pages": total_pages,
-        "total_count": total,
-    }
+    else:
+        total_pages = -(-total // per_page)
+        meta = {
+            "current_page": page,
+            "next_page": page + 1 if page < total_pages else None,
+            "prev_page": page - 1 if page > 1 else None,
+            "total_pages": total_pages,
+            "total_count": total,
+        }
+    if by_cursor:
+        meta.update(current_page=None, next_page=None, prev_page=None)
+    meta["next_cursor"] = next_cursor
+    return meta
 
 
 @dataclass(frozen=True)
@@ -308,10 +316,14 @@ def _filter_text(value: str) -> tuple[str, str | None]:
     return value, None
 
 
-def load_list_params(args: Any) -> tuple[int, int, ListFilters]:
-    """`page`, `per_page` and the filters of the list route; a `ValidationError` names
-    every bad parameter at once."""
+def load_list_params(args: Any) -> tuple[int, int, ListFilters, str | None]:
+    """`page`, `per_page`, the filters and the `cursor` of the list route; a
+    `ValidationError` names every bad parameter at once. Whether a cursor is genuine is
+    for the reader of the list to tell; here only that it comes without `page`."""
     errors: dict[str, list[str]] = {}
+    cursor = args.get("cursor")
+    if cursor is not None and ("page" in args or not cursor):
+        errors["cursor"] = [INVALID]
     page = per_page = 0
     filters = ListFilters()
     try:
@@ -324,7 +336,7 @@ def load_list_params(args: Any) -> tuple[int, int, ListFilters]:
         errors.update(exc.messages)  # type: ignore[arg-type]
     if errors:
         raise ValidationError(errors)
-    return page, per_page, filters
+    return page, per_page, filters, cursor
 
 
 def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:

@@ -21,9 +21,16 @@ Countries have an index of their own; states and zip codes are checked on the ro
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
+import secrets
 import string
+import struct
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from peewee import Database, ProgrammingError
@@ -136,6 +143,11 @@ POSTGRESQL_INDEX = [
     EXECUTE FUNCTION customer_country_change()""",
 ]
 
+# The key that seals the list's cursors: made once, with the schema, in the database, so
+# that every process of every host seals and opens them alike.
+CURSOR_KEY_TABLE = """CREATE TABLE list_cursor_key
+    (id INTEGER PRIMARY KEY CHECK (id = 1), secret VARCHAR(64) NOT NULL)"""
+
 _FILL_COUNTS = """INSERT INTO customer_country_count (organization_id, country, customers)
     SELECT organization_id, coalesce(country, ''), count(*) FROM customer GROUP BY 1, 2"""
 
@@ -146,9 +158,15 @@ class ExtensionRefused(ValueError):
 
 
 def create_index(db: Database, batch: int = 100_000) -> None:
-    """Create the search index and the country index in the active database `db` (inside
-    the caller's transaction), and index the customers it holds, logging progress."""
+    """Create the search index, the country index and the cursor key in the active
+    database `db` (inside the caller's transaction), and index the customers it holds,
+    logging progress."""
     db.execute_sql(COUNTRY_INDEX_SQL)
+    db.execute_sql(CURSOR_KEY_TABLE)
+    db.execute_sql(
+        f"INSERT INTO list_cursor_key (id, secret) VALUES (1, {db.param})",
+        (secrets.token_hex(32),),
+    )
     if is_sqlite(db):
         _create_sqlite_index(db, batch)
     else:
@@ -176,6 +194,7 @@ def drop_index(db: Database) -> None:
         db.execute_sql("DROP INDEX customer_search")
         db.execute_sql("DROP FUNCTION customer_country_change CASCADE")  # and its triggers
     db.execute_sql("DROP TABLE customer_country_count")
+    db.execute_sql("DROP TABLE list_cursor_key")
 
 
 def _create_sqlite_index(db: Database, batch: int) -> None:
@@ -335,17 +354,23 @@ class FilteredList:
             source += " NOT INDEXED"
         return f"SELECT count(*) FROM {source} WHERE {where}", params
 
-    def page(self, columns: str, limit: int, offset: int, count: int) -> tuple[str, list[Any]]:
-        """The page's statement, planned from the counts (see the class)."""
+    def page(
+        self,
+        columns: str,
+        limit: int,
+        offset: int,
+        count: int,
+        after: tuple[Any, Any] | None = None,
+    ) -> tuple[str, list[Any]]:
+        """The page's statement, planned from the counts (see the class); `after`: only
+        the rows after this (created_at, lago_id) in the list's order, as stored."""
         order = 'ORDER BY "created_at" DESC, "lago_id"'
         tail = f"{order} LIMIT {self.p} OFFSET {self.p}"
-        if not self.sqlite:
-            where, params = self.where()
-            return f'SELECT {columns} FROM "customer" WHERE {where} {tail}', [
-                *params,
-                limit,
-                offset,
-            ]
+        p = self.p
+        # The list's order mixes directions, so no row value compares; the first part is
+        # a range of the list index, the second checks ties on created_at.
+        keyset = f'"created_at" <= {p} AND ("created_at" < {p} OR "lago_id" > {p})'
+        keyset_params = [after[0], after[0], after[1]] if after else []
         # How many rows of the list walking it would visit to fill this page.
         visits = (offset + limit) * self.organization_total / max(count, 1)
         dense = visits <= SCAN_FACTOR * count
@@ -354,7 +379,72 @@ class FilteredList:
             where, where_params = self.where(term_by_index=True)
             params += where_params
         else:
-            index = COUNTRY_INDEX if self.filters.countries and not dense else LIST_INDEX
-            source = f'"customer" INDEXED BY "{index}"'
+            source = '"customer"'
+            if self.sqlite:
+                index = COUNTRY_INDEX if self.filters.countries and not dense else LIST_INDEX
+                source += f' INDEXED BY "{index}"'
             where, params = self.where()
-        return f"SELECT {columns} FROM {source} WHERE {where} {tail}", [*params, limit, offset]
+        if after:
+            where += f" AND {keyset}"
+        sql = f"SELECT {columns} FROM {source} WHERE {where} {tail}"
+        return sql, [*params, *keyset_params, limit, offset]
+
+
+# --- Cursors --------------------------------------------------------------------------
+#
+# A cursor is the list position after one customer: its organization, created_at and
+# lago_id, 32 bytes, encrypted (XOR with an HMAC-SHA256 keystream of a random nonce) and
+# then authenticated (HMAC-SHA256 of nonce and ciphertext, 16 bytes), with keys derived
+# from the database's cursor key: it reveals nothing, and one that was not made here for
+# this organization does not open.
+
+_POSITION = struct.Struct(">qq16s")  # organization id, created_at (epoch seconds), lago_id
+_NONCE, _TAG = 12, 16
+
+
+class BadCursor(ValueError):
+    """The cursor was not made by this database for this organization."""
+
+
+def _keys(secret: str) -> tuple[bytes, bytes]:
+    root = bytes.fromhex(secret)
+    return (
+        hmac.new(root, b"list cursor: encryption", hashlib.sha256).digest(),
+        hmac.new(root, b"list cursor: authentication", hashlib.sha256).digest(),
+    )
+
+
+def _xor(key: bytes, nonce: bytes, data: bytes) -> bytes:
+    stream = hmac.new(key, nonce, hashlib.sha256).digest()  # 32 bytes: the whole position
+    return bytes(a ^ b for a, b in zip(data, stream, strict=False))
+
+
+def seal_cursor(secret: str, organization_id: int, created_at: datetime, lago_id: uuid.UUID) -> str:
+    """The cursor after the customer (`created_at`, `lago_id`) of an organization."""
+    encrypt, authenticate = _keys(secret)
+    seconds = int(created_at.replace(tzinfo=UTC).timestamp())
+    nonce = secrets.token_bytes(_NONCE)
+    sealed = _xor(encrypt, nonce, _POSITION.pack(organization_id, seconds, lago_id.bytes))
+    tag = hmac.new(authenticate, nonce + sealed, hashlib.sha256).digest()[:_TAG]
+    return base64.urlsafe_b64encode(nonce + sealed + tag).decode().rstrip("=")
+
+
+def open_cursor(secret: str, organization_id: int, cursor: str) -> tuple[datetime, uuid.UUID]:
+    """(created_at, lago_id) of a cursor made by `seal_cursor` for this organization;
+    `BadCursor` for any other text."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except ValueError:
+        raise BadCursor(cursor) from None
+    if len(raw) != _NONCE + _POSITION.size + _TAG or not cursor.isascii():
+        raise BadCursor(cursor)
+    nonce, sealed, tag = raw[:_NONCE], raw[_NONCE:-_TAG], raw[-_TAG:]
+    encrypt, authenticate = _keys(secret)
+    expected = hmac.new(authenticate, nonce + sealed, hashlib.sha256).digest()[:_TAG]
+    if not hmac.compare_digest(tag, expected):
+        raise BadCursor(cursor)
+    owner, seconds, lago_id = _POSITION.unpack(_xor(encrypt, nonce, sealed))
+    if owner != organization_id:
+        raise BadCursor(cursor)
+    created_at = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+    return created_at, uuid.UUID(bytes=lago_id)

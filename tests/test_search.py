@@ -4,6 +4,8 @@ organizations kept apart; writes seen at once; the index built by the upgrade.""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
@@ -246,6 +248,7 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
             [people[i] for i in people if people[i]["country"] in ("GB", "FR", "US")]
         )
     ][:2]
+    assert body["meta"].pop("next_cursor")
     assert body["meta"] == {
         "current_page": 1,
         "next_page": 2,
@@ -262,6 +265,7 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
             "prev_page": 4,
             "total_pages": 1,
             "total_count": 2,
+            "next_cursor": None,
         },
     }
     nothing = listed(client, "search_term=nobody-at-all&page=3")
@@ -273,6 +277,7 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
             "prev_page": None,
             "total_pages": 0,
             "total_count": 0,
+            "next_cursor": None,
         },
     }
 
@@ -459,3 +464,25 @@ def test_a_role_that_may_not_create_pg_trgm_is_told_what_to_run(postgres, databa
     finally:
         postgres.drop_database(database_url)  # with what the role made in it
         postgres._admin("DROP ROLE limited_role")
+
+
+# --- the README -----------------------------------------------------------------------------
+
+
+def test_the_readme_search_recipe_prints_its_answer(customers_double, tmp_path):
+    from tests.test_double import readme_recipe
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_recipe("search")],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "LAGO_URL": customers_double.url,
+            "LAGO_API_KEY": customers_double.api_key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == readme_recipe("search-answer")
