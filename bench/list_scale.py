@@ -59,6 +59,20 @@ def measure(count: int) -> None:
         print(f"\n{count:,} customers stored (bulk load {load_s:.1f} s)")
         print(f"{'route':<28} {'p50 ms':>8} {'p99 ms':>8}")
         own = [n for n in range(count) if n % 10 != 9]  # n % 10 == 9 is another org's
+        # The cursor after page `pages - 1`: the walk's page at the depth of the last one.
+        deep = client.get(
+            f"/api/v1/customers?page={pages - 1}&per_page=100",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ).get_json()["meta"]["next_cursor"]
+        cases.insert(
+            3,
+            (
+                f"cursor page {pages} (last)",
+                "GET",
+                f"/api/v1/customers?per_page=100&cursor={deep}",
+                200,
+            ),
+        )
         for label, method, template, expect in cases:
             samples = []
             for i in range(REQUESTS):
@@ -313,6 +327,17 @@ def run_search_cases(config: dict, url: str, repeats: int, naive_repeats: int) -
         total = first["meta"]["total_count"]
         print(f"{label:<26} {total:>8,} {p50:>8.2f} {p99:>8.2f} {naive}")
     db.close_all()
+    headers = {"Authorization": f"Bearer {KEY}"}
+    deep = client.get("/api/v1/customers?page=8999&per_page=100", headers=headers).get_json()
+    for label, path in [
+        ("OFFSET page 9,000", "/api/v1/customers?page=9000&per_page=100"),
+        (
+            "cursor page 9,000",
+            f"/api/v1/customers?per_page=100&cursor={deep['meta']['next_cursor']}",
+        ),
+    ]:
+        p50, p99 = percentiles([timed(client, "GET", path, 200) for _ in range(repeats)])
+        print(f"{label:<26} {'':>8} {p50:>8.2f} {p99:>8.2f}")
 
 
 if __name__ == "__main__":

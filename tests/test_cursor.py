@@ -6,8 +6,10 @@ nothing and opens only for the organization (and the database) that made it."""
 from __future__ import annotations
 
 import base64
+import os
 import random
 import struct
+import subprocess
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -97,6 +99,7 @@ def test_filters_apply_to_the_walk(app, client):
         "search_term=customer 1",  # 11 of 60: read from the index's matches on SQLite
         "search_term=CUSTOMER",  # all of them: read walking the list
         "search_term=4&countries[]=FR",
+        "search_term=customer 1&countries[]=US",  # 3: from the index's matches on SQLite
         "search_term=zz",
     ):
         listed = get(client, f"{query}&per_page=1000").get_json()
@@ -295,3 +298,22 @@ def test_a_deep_cursor_page_reads_from_where_it_stands(app, client, per_page):
     listed = get(client, "per_page=1000").get_json()["customers"]
     seen, _ = walk(client, f"per_page={per_page}")
     assert seen == listed
+
+
+def test_the_readme_cursor_recipe_prints_its_answer(customers_double, tmp_path):
+    from tests.test_double import readme_recipe
+
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_recipe("cursor")],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "LAGO_URL": customers_double.url,
+            "LAGO_API_KEY": customers_double.api_key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == readme_recipe("cursor-answer")
