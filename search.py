@@ -1,22 +1,25 @@
-"""The list's search and filters: the search index each backend keeps in step with the
-customers table, and the statements that count a filtered list and read one page of it.
+"""The list's search, filters and cursors: the search index each backend keeps in step
+with the customers table, the statements that count a filtered list and read one page
+of it, and the sealed cursors of a walk.
 
 Knows no HTTP. `search_term` is a case-insensitive substring of name, legal name,
 customer_id or email. Both backends search one text per customer, those four values
 joined by a character no stored value and no term can hold (schemas.py refuses C0
 controls), so a match never spans two of them:
 
-- SQLite: an FTS5 table with the `trigram` tokenizer (`customer_search`), kept by
-  triggers in the statement that writes the customer (the upsert stays one statement).
-  It holds only the index (contentless), and its rowid says whose customer a row is:
-  `organization_id * ORG_SPAN + customer.id`, so an organization's matches are a rowid
-  range that FTS5 reads alone, without touching the customers table. A term's case folds
-  as FTS5 folds it (Unicode letters too, accents kept). A term of 1 or 2 characters has
-  no trigram: it is a `LIKE` over the organization's customers (ASCII letters fold).
+- SQLite: an FTS5 table with the `trigram` tokenizer (`customer_search`) over that text
+  as `lower()` gives it, kept by triggers in the statement that writes the customer (the
+  upsert stays one statement). It holds only the index (contentless), and its rowid
+  says whose customer a row is: `organization_id * ORG_SPAN + customer.id`, so an
+  organization's matches are a rowid range that FTS5 reads alone, without touching the
+  customers table. A term of 1 or 2 characters has no trigram: it is a `LIKE` over the
+  organization's customers. Either way ASCII letters fold and no other letter does, as
+  SQLite's `lower()` and `LIKE` fold.
 - PostgreSQL: `pg_trgm`'s GIN index on the same joined text, and `ILIKE`: case folds as
   the database's locale folds it.
 
-Countries have an index of their own; states and zip codes are checked on the rows.
+Countries have an index and a per-country count of their own; states and zip codes are
+checked on the rows.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ organizations kept apart; writes seen at once; the index built by the upgrade.""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from datetime import datetime, timedelta
@@ -439,6 +440,33 @@ def test_a_0_1_0_database_is_upgraded_with_every_customer_findable(make_app, dat
         }
     finally:
         upgraded.extensions["customers.db"].close_all()
+
+
+@pytest.mark.sqlite_only  # PostgreSQL builds its index in one statement: a line before, one after
+def test_building_the_index_logs_its_progress(app, client):
+    for row in PEOPLE:
+        post(client, **dict(zip(FIELDS, row, strict=True)))
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("customers")
+    logger.addHandler(handler)
+    db = app.extensions["customers.db"]
+    try:
+        with connections.using(db), db.atomic():
+            search.drop_index(db)
+            search.create_index(db, batch=3)
+    finally:
+        logger.removeHandler(handler)
+    progress = [line.split(" (")[0] for line in lines]
+    assert progress[:4] == [
+        "building the search index of 8 customers",
+        "search index: 3 of 8 customers",
+        "search index: 6 of 8 customers",
+        "search index: 8 of 8 customers",
+    ]
+    assert len(progress) == 5 and progress[4].startswith("search index built in ")
+    assert found(client, {"search_term": "hopper"}) == {"cus-grace"}
 
 
 @pytest.mark.postgres_only
