@@ -514,3 +514,26 @@ def test_the_readme_search_recipe_prints_its_answer(customers_double, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == readme_recipe("search-answer")
+
+
+def test_the_openapi_document_lists_the_parameters_as_the_contract_spells_them():
+    import openapi
+    from app import __version__
+
+    operation = openapi.document(__version__)["paths"]["/api/v1/customers"]["get"]
+    names = [parameter["name"] for parameter in operation["parameters"]]
+    assert names == [
+        "page",
+        "per_page",
+        "cursor",
+        "search_term",
+        "countries[]",
+        "countries",
+        "states[]",
+        "states",
+        "zipcodes[]",
+        "zipcodes",
+    ]
+    countries = next(p for p in operation["parameters"] if p["name"] == "countries[]")
+    assert {"US", "us", "FR"} <= set(countries["schema"]["items"]["enum"])
+    assert "XX" not in countries["schema"]["items"]["enum"]
