@@ -44,6 +44,7 @@ import openapi
 import outage
 import pages
 import schemas
+import search
 
 # The release (semantic versioning): /health, the OpenAPI document, both commands'
 # --version and the start-up line show it; the package build reads it from here.
@@ -299,13 +300,17 @@ def delete_customer(customer_id: str) -> Response:
 @auth.require_api_key
 def list_customers() -> Response:
     try:
-        page, per_page = schemas.load_page_params(request.args)
+        page, per_page, filters, cursor = schemas.load_list_params(request.args)
+        rows, total, next_cursor = models.list_customers(
+            g.organization_id, page, per_page, filters, cursor
+        )
     except ValidationError as exc:
         raise validation_error(exc.messages) from None  # type: ignore[arg-type]
-    rows, total = models.list_customers(g.organization_id, page, per_page)
+    except search.BadCursor:
+        raise validation_error({"cursor": [schemas.INVALID]}) from None
     return jsonify(
         customers=[schemas.dump_customer(row) for row in rows],
-        meta=schemas.page_meta(page, per_page, total),
+        meta=schemas.page_meta(page, per_page, total, next_cursor, cursor is not None),
     )
 
 

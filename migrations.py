@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 
 from peewee import Database
 
+import search
 from connections import enable_wal, is_sqlite, lock_id, using
 from models import TABLES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 log = logging.getLogger("customers")
 
@@ -85,6 +86,7 @@ def _create(db: Database) -> None:
     db.create_tables(TABLES)
     for statement in _COUNT_TRIGGERS["sqlite" if is_sqlite(db) else "postgresql"]:
         db.execute_sql(statement)
+    search.create_index(db)
     _create_version_table(db)
 
 
@@ -114,7 +116,15 @@ def _to_1(db: Database) -> None:
     _create_version_table(db)
 
 
-MIGRATIONS: dict[int, Callable[[Database], None]] = {1: _to_1}
+def _to_2(db: Database) -> None:
+    """After 0.1.0: the list's search index, the country index and counts, and the cursor
+    key (search.py), built from the customers already stored, with progress in the log
+    (on a 2-core machine, 20 to 70 s for a million customers on SQLite, 10 s on
+    PostgreSQL)."""
+    search.create_index(db)
+
+
+MIGRATIONS: dict[int, Callable[[Database], None]] = {1: _to_1, 2: _to_2}
 
 
 # --- The schema's parts that Peewee's models do not describe ------------------------------

@@ -26,8 +26,9 @@ from peewee import (
 )
 from peewee import __exception_wrapper__ as driver_errors
 
+import search
 from connections import current, database, is_sqlite, using
-from schemas import CUSTOMER_FIELDS, DEFAULT_MAX_LENGTH, URL_MAX_LENGTH
+from schemas import CUSTOMER_FIELDS, DEFAULT_MAX_LENGTH, URL_MAX_LENGTH, ListFilters
 
 
 def utcnow() -> datetime:
@@ -262,6 +263,8 @@ def _statement(name: str, param: str) -> str:
         "page": f'SELECT {_RETURNING} FROM "customer" WHERE "organization_id" = {param}'
         f' ORDER BY "created_at" DESC, "lago_id" LIMIT {param} OFFSET {param}',
         "count": f'SELECT "customer_count" FROM "organization" WHERE "id" = {param}',
+        "table count": 'SELECT sum("customer_count") FROM "organization"',
+        "cursor key": 'SELECT "secret" FROM "list_cursor_key" WHERE "id" = 1',
     }[name]
 
 
@@ -361,13 +364,63 @@ def delete_customer(organization_id: int, customer_id: str) -> Row | None:
     return _customer_row(_one(rows))
 
 
-def list_customers(organization_id: int, page: int, per_page: int) -> tuple[list[Row], int]:
-    """One page of the organization's customers, newest first then `lago_id` ascending
-    (the order of the list index), and how many the organization has in all."""
+def list_customers(
+    organization_id: int,
+    page: int,
+    per_page: int,
+    filters: ListFilters | None = None,
+    cursor: str | None = None,
+) -> tuple[list[Row], int, str | None]:
+    """One page of the organization's customers that pass `filters`, newest first then
+    `lago_id` ascending (the order of the list index): page number `page`, or, given a
+    `cursor`, the customers after it. Returns the rows, how many pass in all, and the
+    cursor after the last row (None when no row follows it). Raises `search.BadCursor`
+    for a cursor not made here for this organization."""
     param = database.param
+    filters = filters or ListFilters()
+    after = None
+    if cursor is not None:
+        created_at, lago_id = search.open_cursor(_cursor_secret(), organization_id, cursor)
+        after = (Customer.created_at.db_value(created_at), Customer.lago_id.db_value(lago_id))
     counted = _one(_run(_statement("count", param), (organization_id,)))
-    rows = _run(_statement("page", param), (organization_id, per_page, (page - 1) * per_page))
-    return [_customer_row(values) for values in rows], counted[0] if counted else 0
+    organization_total = total = counted[0] if counted else 0
+    offset = 0 if after else (page - 1) * per_page
+    if not filters and not after:
+        # One more row than the page: whether another follows it.
+        rows = _run(_statement("page", param), (organization_id, per_page + 1, offset))
+    elif not organization_total:
+        return [], 0, None
+    else:
+        statements = search.FilteredList(
+            current(),
+            organization_id,
+            filters,
+            organization_total,
+            _one(_run(_statement("table count", param), ()))[0] if filters else total,
+        )
+        if filters:
+            total = _one(_run(*statements.count()))[0]
+        if offset >= total:
+            return [], total, None
+        rows = _run(*statements.page(_RETURNING, per_page + 1, offset, total, after))
+    customers = [_customer_row(values) for values in rows[:per_page]]
+    next_cursor = None
+    if len(rows) > per_page:
+        last = customers[-1]
+        next_cursor = search.seal_cursor(
+            _cursor_secret(), organization_id, last["created_at"], last["lago_id"]
+        )
+    return customers, total, next_cursor
+
+
+def _cursor_secret() -> str:
+    """The database's cursor key, read once per database object."""
+    db = current()
+    secret = getattr(db, "cursor_secret", None)
+    if secret is None:
+        (secret,) = _one(_run(_statement("cursor key", database.param), ()))
+        db.cursor_secret = secret
+    return secret
 
 
 def clear_customers() -> int:

@@ -148,7 +148,7 @@ def _list() -> dict[str, Any]:
         "parameters": list_parameters(),
         "responses": _responses(
             _response("A page of customers.", _ref("CustomerList"), page),
-            (401, 422, 503),
+            (401, 414, 422, 503),
             examples={422: bad_page},
         ),
     }
@@ -231,6 +231,37 @@ def list_parameters() -> list[dict[str, Any]]:
                 "default": schemas.DEFAULT_PER_PAGE,
             },
         ),
+        _query(
+            "cursor",
+            "A `meta.next_cursor` of an earlier answer: the customers after it, in the same "
+            "order, with the same filters; not with `page`.",
+            {"type": "string", "minLength": 1},
+        ),
+        _query(
+            "search_term",
+            "Case-insensitive substring of name, legal_name, customer_id or email; "
+            "surrounding spaces ignored; blank: no filter; %, _ and \\ are literal.",
+            {"type": "string", "maxLength": schemas.DEFAULT_MAX_LENGTH, "pattern": TEXT_PATTERN},
+        ),
+        *_list_filters(),
+    ]
+
+
+def _list_filters() -> list[dict[str, Any]]:
+    """`countries`, `states`, `zipcodes`: each both as `name[]` (Lago's) and as a plain
+    repeated `name`; any of a list's values (OR), all of the parameters (AND)."""
+    text = {"type": "string", "maxLength": schemas.DEFAULT_MAX_LENGTH, "pattern": TEXT_PATTERN}
+    items = {"countries": _country_text(), "states": text, "zipcodes": text}
+    return [
+        _query(
+            spelled,
+            f"Exact {name}, any of them (OR); with the other parameters, all of them (AND).",
+            {"type": "array", "items": items[name]},
+            style="form",
+            explode=True,
+        )
+        for name in schemas.FILTER_LISTS
+        for spelled in (f"{name}[]", name)
     ]
 
 
@@ -348,10 +379,15 @@ def _output_property(name: str, field: Any) -> dict[str, Any]:
 
 
 def _page_meta() -> dict[str, Any]:
-    links = ("next_page", "prev_page")
-    properties = {
-        name: {"type": ["integer", "null"] if name in links else "integer", "minimum": 0}
+    # A page read by cursor has no page numbers: current_page is null too.
+    pages = ("current_page", "next_page", "prev_page")
+    properties: dict[str, Any] = {
+        name: {"type": ["integer", "null"] if name in pages else "integer", "minimum": 0}
         for name in ("current_page", "next_page", "prev_page", "total_pages", "total_count")
+    }
+    properties["next_cursor"] = {
+        "type": ["string", "null"],
+        "description": "Pass as `cursor` for the customers after this page; null at the end.",
     }
     return {"type": "object", "required": list(properties), "properties": properties}
 
@@ -373,6 +409,11 @@ ERRORS: dict[int, tuple[str, str, dict[str, Any]]] = {
         {"code": {"const": "customer_not_found"}},
     ),
     413: ("Payload Too Large", "The body is larger than the configured limit.", {}),
+    414: (
+        "URI Too Long",
+        "The request line is longer than the server takes (8 KiB): too many list values.",
+        {},
+    ),
     422: (
         "Unprocessable entity",
         "A field or parameter breaks a rule; every one that does is listed.",

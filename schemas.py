@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -224,25 +225,118 @@ def is_possible_customer_id(value: str) -> bool:
     return 0 < len(value) <= DEFAULT_MAX_LENGTH and not _FORBIDDEN.search(value)
 
 
-def page_meta(page: int, per_page: int, total: int) -> dict[str, int | None]:
-    """Lago's pagination `meta`. No customers at all: page 0 of 0. A page past the end
-    keeps its number, with no next page and the page before it as the previous one."""
+def page_meta(
+    page: int, per_page: int, total: int, next_cursor: str | None = None, by_cursor: bool = False
+) -> dict[str, Any]:
+    """Lago's pagination `meta`, and `next_cursor`. No customers at all: page 0 of 0. A
+    page past the end keeps its number, with no next page and the page before it as the
+    previous one. A page read by cursor has no page numbers (null)."""
     if total == 0:
-        return {
+        meta: dict[str, Any] = {
             "current_page": 0,
             "next_page": None,
             "prev_page": None,
             "total_pages": 0,
             "total_count": 0,
         }
-    total_pages = -(-total // per_page)
-    return {
-        "current_page": page,
-        "next_page": page + 1 if page < total_pages else None,
-        "prev_page": page - 1 if page > 1 else None,
-        "total_pages": total_pages,
-        "total_count": total,
-    }
+    else:
+        total_pages = -(-total // per_page)
+        meta = {
+            "current_page": page,
+            "next_page": page + 1 if page < total_pages else None,
+            "prev_page": page - 1 if page > 1 else None,
+            "total_pages": total_pages,
+            "total_count": total,
+        }
+    if by_cursor:
+        meta.update(current_page=None, next_page=None, prev_page=None)
+    meta["next_cursor"] = next_cursor
+    return meta
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    """The list's filters, as loaded from the query string: `search_term` trimmed (None
+    when absent or blank), the lists as sets of exact values (empty: no filter), the
+    countries upper-case."""
+
+    search_term: str | None = None
+    countries: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()
+    zipcodes: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.search_term or self.countries or self.states or self.zipcodes)
+
+
+# Lago's names; each list is also read in its plain repeated form (`countries=US`).
+# No count limit of their own: the request line's (8 KiB) bounds them.
+FILTER_LISTS = ("countries", "states", "zipcodes")
+
+
+def load_list_filters(args: Any) -> ListFilters:
+    """The filters of the list route from a query string (a Werkzeug `MultiDict`, or any
+    mapping whose `getlist` gives every value of a repeated name). A bad value is a
+    `ValidationError` keyed by the parameter's name, every bad parameter at once."""
+    errors: dict[str, list[str]] = {}
+    term = None
+    raw_terms = args.getlist("search_term")
+    if len(raw_terms) > 1:
+        errors["search_term"] = [INVALID]
+    elif raw_terms:
+        text, error = _filter_text(raw_terms[0])
+        if error:
+            errors["search_term"] = [error]
+        term = text.strip() or None
+    lists: dict[str, frozenset[str]] = {}
+    for name in FILTER_LISTS:
+        values = [*args.getlist(f"{name}[]"), *args.getlist(name)]
+        loaded = set()
+        for value in values:
+            text, error = _filter_text(value)
+            if error is None and name == "countries":
+                text = text.upper() if text.isascii() else ""
+                if text not in COUNTRY_CODES:
+                    error = NOT_A_COUNTRY
+            if error:
+                errors[name] = [error]
+                break
+            loaded.add(text)
+        lists[name] = frozenset(loaded)
+    if errors:
+        raise ValidationError(errors)
+    return ListFilters(term, **lists)
+
+
+def _filter_text(value: str) -> tuple[str, str | None]:
+    if _FORBIDDEN.search(value):
+        return value, INVALID
+    if len(value) > DEFAULT_MAX_LENGTH:
+        return value, TOO_LONG
+    return value, None
+
+
+def load_list_params(args: Any) -> tuple[int, int, ListFilters, str | None]:
+    """`page`, `per_page`, the filters and the `cursor` of the list route; a
+    `ValidationError` names every bad parameter at once. Whether a cursor is genuine is
+    for the reader of the list to tell; here only that it comes without `page`."""
+    errors: dict[str, list[str]] = {}
+    cursor = args.get("cursor")
+    if cursor is not None and ("page" in args or not cursor):
+        errors["cursor"] = [INVALID]
+    page = per_page = 0
+    filters = ListFilters()
+    try:
+        page, per_page = load_page_params(args)
+    except ValidationError as exc:
+        errors.update(exc.messages)  # type: ignore[arg-type]
+    try:
+        filters = load_list_filters(args)
+    except ValidationError as exc:
+        errors.update(exc.messages)  # type: ignore[arg-type]
+    if errors:
+        raise ValidationError(errors)
+    return page, per_page, filters, cursor
 
 
 def load_page_params(args: Mapping[str, str]) -> tuple[int, int]:

@@ -133,14 +133,16 @@ def test_migrate_command_says_what_it_did_and_then_changes_nothing(old_url):
     app = create_app({"DATABASE_URL": old_url})
     try:
         result = app.test_cli_runner().invoke(args=["migrate"])
-        assert (result.exit_code, result.output) == (0, "schema upgraded from version 0 to 1\n")
+        upgraded = f"schema upgraded from version 0 to {migrations.SCHEMA_VERSION}\n"
+        assert (result.exit_code, result.output) == (0, upgraded)
     finally:
         app.extensions["customers.db"].close_all()
     upgraded = every_row(old_url)
     again = create_app({"DATABASE_URL": old_url})
     try:
         result = again.test_cli_runner().invoke(args=["migrate"])
-        assert (result.exit_code, result.output) == (0, "schema up to date at version 1\n")
+        up_to_date = f"schema up to date at version {migrations.SCHEMA_VERSION}\n"
+        assert (result.exit_code, result.output) == (0, up_to_date)
     finally:
         again.extensions["customers.db"].close_all()
     assert every_row(old_url) == upgraded

@@ -20,6 +20,7 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Response
 
 import app as app_module
 import openapi
@@ -188,6 +189,19 @@ def test_every_documented_status_is_reached_and_conforms(client, app, tmp_path, 
     reached = []
     for path, method, operation in _operations(document):
         for status in operation["responses"]:
+            if status == "414":
+                # gunicorn and nginx answer it before the app (tests/test_edges.py checks
+                # that they send this body): the body they send conforms.
+                sent = EnvironBuilder(path=path, method=method, headers=auth()).get_request()
+                answer = Response(
+                    json.dumps({"status": 414, "error": "URI Too Long"}),
+                    status=414,
+                    mimetype="application/json",
+                )
+                request = WerkzeugOpenAPIRequest(sent)
+                spec.validate_response(request, WerkzeugOpenAPIResponse(answer))
+                reached.append((path, method, status))
+                continue
             response, sent = _request_for(client, app, tmp_path, monkeypatch, path, method, status)
             expected = 500 if status == "default" else int(status)
             assert response.status_code == expected, (path, method, status)
@@ -201,7 +215,7 @@ def test_every_documented_status_is_reached_and_conforms(client, app, tmp_path, 
             assert response.headers["X-Request-Id"]
             reached.append((path, method, status))
     assert len(reached) == sum(len(op["responses"]) for _, _, op in _operations(document))
-    assert len(reached) == 27
+    assert len(reached) == 28
 
 
 def test_a_wrong_method_and_an_unknown_path_conform_to_every_operation(client):
