@@ -248,20 +248,22 @@ def list_parameters() -> list[dict[str, Any]]:
 
 
 def _list_filters() -> list[dict[str, Any]]:
-    """`countries`, `states`, `zipcodes`: each both as `name[]` (Lago's) and as a plain
-    repeated `name`; any of a list's values (OR), all of the parameters (AND)."""
+    """`countries[]`, `states[]`, `zipcodes[]` (Lago's spelling): any of a list's values
+    (OR), all of the parameters (AND). The plain repeated form (`countries=US`) is said in
+    the description only: documented as a parameter of its own, it would give generated
+    clients two arguments of one name."""
     text = {"type": "string", "maxLength": schemas.DEFAULT_MAX_LENGTH, "pattern": TEXT_PATTERN}
     items = {"countries": _country_text(), "states": text, "zipcodes": text}
     return [
         _query(
-            spelled,
-            f"Exact {name}, any of them (OR); with the other parameters, all of them (AND).",
+            f"{name}[]",
+            f"Exact {name}, any of them (OR); with the other parameters, all of them (AND). "
+            f"Repeat it for several values; the plain repeated `{name}` works the same.",
             {"type": "array", "items": items[name]},
             style="form",
             explode=True,
         )
         for name in schemas.FILTER_LISTS
-        for spelled in (f"{name}[]", name)
     ]
 
 
