@@ -241,13 +241,16 @@ def serve_command(bind: str | None, workers: int | None) -> None:
     # is imported, just below) and sets PROMETHEUS_MULTIPROC_DIR before the app, and so
     # prometheus_client, is imported (by its on_starting hook, in the master).
     config = runpy.run_path(str(HERE / "gunicorn.conf.py"))
-    overrides = {"bind": [bind] if bind else None, "workers": workers}
+    if bind:
+        config["bind"] = [bind]
+    if workers:
+        config["workers"] = workers
     from gunicorn.app.base import BaseApplication
 
     class Gunicorn(BaseApplication):
         def load_config(self) -> None:
-            for name, value in {**config, **overrides}.items():
-                if name in self.cfg.settings and value is not None:
+            for name, value in config.items():
+                if name in self.cfg.settings:
                     self.cfg.set(name, value)
 
         def load(self) -> Any:

@@ -138,6 +138,31 @@ def test_metrics_count_requests_under_serve_summed_over_two_workers(installed, t
     assert count(samples, histogram, method="POST", route="/api/v1/customers") == sent
 
 
+def test_serve_takes_bind_and_web_concurrency_from_the_environment(installed, tmp_path):
+    port = free_port()
+    env = installed.env(tmp_path / "home", BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="3")
+    with open(tmp_path / "serve.log", "wb") as log:
+        process = subprocess.Popen(
+            [str(installed.bin / REGISTRY), "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while len(worker_pids(process.pid)) < 3:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        assert request(port, "GET", "/health").status == 200
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(30)
+    assert f"Listening at: http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
+
+
 @pytest.mark.parametrize(
     "name, value, least",
     [
@@ -407,3 +432,189 @@ def test_the_commands_are_the_same_from_flask_in_a_checkout(installed, tmp_path)
     )
     assert flask.returncode == 0, flask.stderr
     assert flask.stdout == installed_list.stdout and len(flask.stdout.splitlines()) == 2
+
+
+# --- the README's recipes, as written ---------------------------------------------------------
+
+
+def test_the_keys_recipe_as_written(installed, tmp_path):
+    from tests.conftest import database_of
+    from tests.test_double import readme_recipe
+
+    database = tmp_path / "customers.db"
+    env = installed.env(tmp_path / "home", DATABASE_URL=f"sqlite:///{database}")
+    assert run_command(installed, env, tmp_path, "migrate").returncode == 0
+    # A database holding the key that the recipe revokes.
+    import auth
+    import connections
+    import models
+
+    with database_of(env["DATABASE_URL"]) as db, connections.using(db):
+        organization = models.ensure_organization("Hooli")
+        models.add_api_key(organization, "lk_AbCdEfGh", auth.hash_key("lk_AbCdEfGh" + "x" * 35))
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_recipe("keys")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "New key for organization 'Pied Piper'; it is shown only this once:"
+    assert auth.MINTED_KEY.fullmatch(lines[1])
+    assert [line.split()[:2] for line in lines[3:5]] == [
+        ["Hooli", "lk_AbCdEfGh…"],
+        ["Pied", "Piper"],
+    ]
+    assert lines[-1] == "revoked"
+    assert result.stderr == ""
+
+
+class Host:
+    """A Debian host as the Production section finds one, in a mount namespace of its own:
+    /etc, /opt and /var are overlays whose writes land in a test folder, so the recipes
+    run as written (apt-get, useradd, /opt/customers, /var/lib/customers, runuser) and
+    the machine is left as it was."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
+            stdin=subprocess.DEVNULL,
+        )
+        script = []
+        for top in ("etc", "opt", "var"):
+            upper, work = root / top / "upper", root / top / "work"
+            upper.mkdir(parents=True)
+            work.mkdir()
+            script.append(
+                f"mount -t overlay overlay -o lowerdir=/{top},upperdir={upper},workdir={work}"
+                f" /{top}"
+            )
+        deadline = time.monotonic() + 10
+        while (
+            Path(f"/proc/{self.holder.pid}/ns/mnt").resolve() == Path("/proc/self/ns/mnt").resolve()
+        ):
+            assert time.monotonic() < deadline, "unshare did not start"
+            time.sleep(0.01)
+        result = self.run("; ".join(["set -e", *script]), env={"PATH": os.environ["PATH"]})
+        if result.returncode != 0:
+            self.close()
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot mount the overlays: {result.stderr}")
+            pytest.skip(f"a mount namespace with overlays needs root: {result.stderr}")
+
+    def command(self, script: str) -> list[str]:
+        nsenter = ["nsenter", "--target", str(self.holder.pid), "--mount"]
+        return [*nsenter, "--", "bash", "-euo", "pipefail", "-c", script]
+
+    def run(self, script: str, env: dict[str, str], timeout: float = 600):
+        return subprocess.run(
+            self.command(script),
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            name, value = line.split("=", 1)
+            settings.setdefault(name, []).append(value)
+    return settings
+
+
+def test_the_production_recipes_as_written(installed, tmp_path, postgres):
+    from tests.installed import SYSTEM_PATH, pinned_constraints
+    from tests.support import REPO
+    from tests.test_double import readme_recipe
+
+    host = Host(tmp_path / "host")
+    port = free_port()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},
+            "PATH": SYSTEM_PATH,
+            "HOME": str(home),
+            "CUSTOMERS": str(REPO),
+            "PIP_CONSTRAINT": str(pinned_constraints(tmp_path / "constraints.txt")),
+        }
+
+        def shell(script: str, **more: str) -> str:
+            result = host.run(script, {**env, **more})
+            assert result.returncode == 0, f"{script}:\n{result.stdout}\n{result.stderr}"
+            return result.stdout
+
+        def recipe(name: str, **more: str) -> str:
+            return shell(readme_recipe(name), **more)
+
+        recipe("production-install")
+        # What systemd does for deploy/customers.service: its state directory, and its
+        # command as its user with its environment (and the operator's /etc/customers/env,
+        # here the address, as no port is sure to be free on a shared machine).
+        unit = unit_settings(REPO / "deploy" / "customers.service")
+        [user], [state], [workdir] = unit["User"], unit["StateDirectory"], unit["WorkingDirectory"]
+        [exec_start], [env_file] = unit["ExecStart"], unit["EnvironmentFile"]
+        settings = [*unit["Environment"], f"BIND=127.0.0.1:{port}", f"API_KEY={API_KEY}"]
+        shell(
+            f"install -d -m 0755 -o {user} -g {user} /var/lib/{state}"
+            f" && mkdir -p /etc/customers && printf '%s\\n' {' '.join(settings[-2:])}"
+            f" > {env_file.lstrip('-')}"
+        )
+        service_log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - closed below
+        service = subprocess.Popen(
+            host.command(
+                f"set -a; . {env_file.lstrip('-')}; set +a; cd {workdir};"
+                f" exec runuser -u {user} -- env {' '.join(unit['Environment'])} {exec_start}"
+            ),
+            env={"PATH": SYSTEM_PATH},
+            stdout=service_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert service.poll() is None, (tmp_path / "service.log").read_text()
+                with contextlib.suppress(OSError):
+                    if request(port, "GET", "/health", timeout=2).status == 200:
+                        break
+                assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()
+                time.sleep(0.2)
+            key = recipe("production-keys").splitlines()[-1]
+            body = {"customer": {"customer_id": "cus-1", "name": "Gavin Belson"}}
+            reply = request(port, "POST", "/api/v1/customers", body, auth(key))
+            assert reply.status == 200
+            assert recipe("production-backup").startswith("backed up 1 customers to ")
+            assert recipe("production-migrate") == "schema up to date at version 1\n"
+        finally:
+            os.killpg(service.pid, 15)
+            service.wait(60)
+            service_log.close()
+        files = shell(
+            "stat -c '%n %a %U' /var/lib/customers/customers.db /var/backups/customers/*.db"
+        )
+        assert [line.split()[1:] for line in files.splitlines()] == [
+            ["600", "customers"],
+            ["600", "customers"],
+        ]
+        target = postgres.create_database()
+        try:
+            copied = recipe("production-copy-to", POSTGRESQL_URL=target)
+            assert copied == "2 organization, 1 api_key, 1 customer copied\n"
+        finally:
+            postgres.drop_database(target)
+    finally:
+        host.close()
