@@ -211,7 +211,7 @@ def migrate_command() -> None:
         found, now = migrations.upgrade(_app().extensions["customers.db"])
     except DATABASE_ERRORS as exc:
         url = connections.masked_url(_url())
-        raise click.ClickException(f"cannot reach the database {url}: {exc}") from None
+        raise click.ClickException(f"cannot reach the database {url}: {_first_line(exc)}") from None
     if found is not None and found != now:
         upgraded_from = found
     if upgraded_from is not None:
@@ -294,14 +294,24 @@ for _command in COMMANDS:
 
 
 def app_for_commands() -> Flask:
-    """The app a command runs in, its SQLite file checked first: a command, unlike the
-    service, has no later request to heal on, so a file it cannot write is refused."""
+    """The app a command runs in, its database checked first: a command, unlike the
+    service, has no later request to heal on, so a SQLite file it cannot write is
+    refused (exit 2) and a database it cannot reach is one line (exit 1)."""
     import app
 
     settings = app.Settings.from_mapping(os.environ)
     path = connections.sqlite_file(settings.database_url)
     if path is not None:
         connections.check_sqlite_writable(path)
+    db = connections.open_database(settings.database_url, busy_timeout=settings.db_timeout)
+    try:
+        with connections.using(db):
+            db.connect(reuse_if_open=True)
+    except DATABASE_ERRORS as exc:
+        url = connections.masked_url(settings.database_url)
+        raise click.ClickException(f"cannot reach the database {url}: {_first_line(exc)}") from None
+    finally:
+        db.close_all()
     return app.create_app()
 
 

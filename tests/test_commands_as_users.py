@@ -215,6 +215,18 @@ def test_a_database_folder_that_cannot_be_written_is_one_line_for_every_command(
         assert refused_serve(installed, env, tmp_path).endswith(expected.split(": ", 1)[1])
 
 
+def test_a_database_that_cannot_be_reached_is_one_line_for_every_command(installed, tmp_path):
+    url = f"postgresql://customers:s3cret-pw@127.0.0.1:{free_port()}/customers"
+    env = installed.env(tmp_path / "home", DATABASE_URL=url)
+    masked = url.replace("s3cret-pw", "***")
+    for argv in DATABASE_COMMANDS:
+        result = run_command(installed, env, tmp_path, *argv)
+        line = one_line(result)
+        assert result.returncode == 1, argv
+        assert line.startswith(f"Error: cannot reach the database {masked}: "), line
+        assert "Connection refused" in line
+
+
 def test_a_database_on_storage_gone_read_only_is_named_at_start(installed, tmp_path):
     # An existing database is served (503 until the storage heals: test_trust.py), and
     # the start says why; a command, which cannot wait for it to heal, refuses.
