@@ -1,4 +1,4 @@
-"""CONTRACT.md section 1: keys, organizations, and the `keys` commands."""
+"""Authentication and tenants (README "API"): keys, organizations, and the `keys` commands."""
 
 from __future__ import annotations
 

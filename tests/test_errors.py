@@ -1,4 +1,4 @@
-"""CONTRACT.md section 5: every answer is JSON, carries a request id, and leaks nothing."""
+"""Errors (README "Errors"): every answer is JSON, carries a request id, and leaks nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT.md section 3: read one customer, list them page by page, delete one."""
+"""Read one customer, list them page by page, delete one (README "API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT.md section 2 (create or update) and section 4 (the customer object)."""
+"""Create or update, and the customer object (README "API")."""
 
 from __future__ import annotations
 
