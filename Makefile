@@ -8,7 +8,7 @@ PORT ?= 8000
 DEV_API_KEY ?= dev-key-change-me
 APT_INSTALL := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends
 
-.PHONY: run test lint test-sqlite test-postgres servers venv clean bench bench-smoke
+.PHONY: run test lint test-sqlite test-postgres servers venv clean bench bench-smoke bench-pages screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian, apt-get install python3-venv"; exit 1; }
@@ -28,7 +28,8 @@ run: $(VENV)/.prod
 		$(BIN)/gunicorn --config gunicorn.conf.py 'app:create_app()'
 
 # The real servers the tests start themselves (in temporary directories, on free ports):
-# nginx and PostgreSQL from Debian's packages, and, as root (rootful podman), podman with
+# nginx and PostgreSQL from Debian's packages, headless Chromium and its driver for the
+# browser tests (tests/test_pages.py), and, as root (rootful podman), podman with
 # runc and mmdebstrap to build and run the container image. Installs only what is
 # missing, as root; anyone else is told the one command to run.
 servers:
@@ -36,6 +37,8 @@ servers:
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
 		|| missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ "$$(id -u)" -eq 0 ]; then \
 		command -v podman >/dev/null 2>&1 || missing="$$missing podman"; \
 		command -v runc >/dev/null 2>&1 || missing="$$missing runc"; \
@@ -72,6 +75,14 @@ bench: $(VENV)/.bench servers
 
 bench-smoke: $(VENV)/.prod servers
 	$(BIN)/python bench/run.py --smoke
+
+# The customer browser's time to draw a page of 50 customers (bench/pages.py), in Chromium.
+bench-pages: $(VENV)/.dev servers
+	$(BIN)/python bench/pages.py
+
+# The README's pictures of the two pages (docs/*.png), taken in headless Chromium.
+screenshots: $(VENV)/.dev servers
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from marshmallow import ValidationError
@@ -40,6 +41,8 @@ import metrics
 import migrations
 import models
 import openapi
+import outage
+import pages
 import schemas
 
 # The release (semantic versioning): /health, the OpenAPI document, both commands'
@@ -76,6 +79,7 @@ class Settings:
     db_timeout: float = 10.0
     sqlite_synchronous: str = "FULL"
     trust_proxy: int = 0
+    customer_browser: bool = True  # the page at / (pages.py); CUSTOMER_BROWSER=off: the API alone
 
     @classmethod
     def from_mapping(cls, source: Mapping[str, Any]) -> Settings:
@@ -97,6 +101,7 @@ class Settings:
             db_timeout=read("DB_TIMEOUT", cls.db_timeout, float),
             sqlite_synchronous=read("SQLITE_SYNCHRONOUS", cls.sqlite_synchronous, str.upper),
             trust_proxy=read("TRUST_PROXY", cls.trust_proxy, int),
+            customer_browser=read("CUSTOMER_BROWSER", cls.customer_browser, _on_off),
         )
         settings.check()
         return settings
@@ -114,6 +119,12 @@ class Settings:
             raise ValueError(f"setting LOG_FORMAT={self.log_format!r} is not text or json")
         if self.sqlite_synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"setting SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r} is not valid")
+
+
+def _on_off(raw: str) -> bool:
+    if raw.lower() not in ("on", "off"):
+        raise ValueError(raw)
+    return raw.lower() == "on"
 
 
 masked_url = connections.masked_url
@@ -167,7 +178,8 @@ def error_response(exc: HTTPException) -> Response:
 
 
 def handle_database_error(exc: Exception) -> Response:
-    log.error("database unavailable: %s", exc)
+    # One line when an outage starts and one when it ends (outage.py), not one a request.
+    current_app.extensions["customers.outage"].refused(exc)
     g.database_failed = True  # teardown drops this connection instead of pooling it
     return error_response(ApiError(503))
 
@@ -345,9 +357,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     try:
         prepare()
     except DATABASE_ERRORS as exc:
-        log.warning("database unavailable at start (%s); trying again on each request", exc)
+        log.warning(
+            "database unavailable at start (%s); trying again on each request", outage.reason(exc)
+        )
     app.extensions["customers.db"] = db
     app.extensions["customers.settings"] = settings
+    password = urlsplit(settings.database_url).password
+    app.extensions["customers.outage"] = outage.OutageLog(
+        masked_url(settings.database_url), log, password=unquote(password) if password else None
+    )
     app.extensions["customers.keys"] = checker
     app.extensions["customers.preparation"] = prepare
 
@@ -355,6 +373,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _register_hooks(app, db, prepare)
     _register_errors(app)
     _register_routes(app)
+    if settings.customer_browser:
+        pages.register_browser(app)
     _register_commands(app)
     return app
 
@@ -421,7 +441,9 @@ def check_database(environ: Mapping[str, str]) -> None:
             if found == migrations.SCHEMA_VERSION:
                 migrations.check_columns(db)
     except DATABASE_ERRORS as exc:
-        log.warning("database unavailable at start (%s); the workers will retry", exc)
+        log.warning(
+            "database unavailable at start (%s); the workers will retry", outage.reason(exc)
+        )
         return
     finally:
         db.close_all()
@@ -450,6 +472,7 @@ def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
                 db.manual_close()
             else:
                 db.close()
+                app.extensions["customers.outage"].served()
         token = g.pop("db_token", None)
         if token is not None:
             connections.deactivate(token)

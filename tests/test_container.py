@@ -172,6 +172,10 @@ def test_the_readme_recipe_serves_the_contract_and_the_double(podman, image):
         )
         assert (bad.status, bad.json()["error"]) == (400, "Bad Request")
         assert request(port, "GET", "/nowhere").json() == {"status": 404, "error": "Not Found"}
+        for path in ("/", "/assets/browser.js"):  # the customer browser, from the package
+            page = request(port, "GET", path)
+            assert page.status == 200
+            assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
         import app
 
         health = request(port, "GET", "/health").json()
@@ -183,6 +187,7 @@ def test_the_readme_recipe_serves_the_contract_and_the_double(podman, image):
         double_body = {"customer": {"customer_id": "d-1", "name": "Double"}}
         headers = {"Authorization": "Bearer test-key"}
         assert request(double_port, "POST", "/api/v1/customers", double_body, headers).status == 200
+        assert request(double_port, "GET", "/_double/").status == 200  # the double's page
         log = request(double_port, "GET", "/_double/requests").json()["requests"]
         assert [(r["method"], r["status"]) for r in log] == [("POST", 200)]
         assert double.stop() == 0

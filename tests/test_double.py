@@ -313,6 +313,81 @@ def run_recipe_tests(tmp_path: Path, recipe: str, passed: int) -> None:
     assert re.search(rf"\b{passed} passed\b", result.stdout), result.stdout
 
 
+PROJECT_TEST = """
+import json
+import urllib.request
+
+
+def test_the_double_runs_beside_the_projects_own_modules(customers_double):
+    body = json.dumps({"customer": {"customer_id": "c-1", "name": "A"}}).encode()
+    request = urllib.request.Request(
+        customers_double.url + "/api/v1/customers", data=body, headers=customers_double.headers
+    )
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+    customers_double.assert_request_made("POST", "/api/v1/customers", status=200)
+"""
+
+
+def run_project(project: Path, python: str = sys.executable, **env: str):
+    """pytest in a project's folder, as its `pytest` command runs (-P: the current folder
+    is not put on the import path; pytest puts the tests' folder there itself)."""
+    plugin = ["-p", "customers_registry.pytest_plugin", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [python, "-P", "-m", "pytest", "-q", *plugin],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("on_pythonpath", [False, True])
+def test_a_project_whose_modules_shadow_the_standard_library(tmp_path, on_pythonpath):
+    # The double's process must not have the project's folder on its import path, even
+    # when the project puts it on PYTHONPATH: the standard library's `secrets` (keys) and
+    # `json` are the ones it gets.
+    for name in ("secrets", "json"):
+        (tmp_path / f"{name}.py").write_text(f'raise ImportError("the project\'s {name}.py")\n')
+    (tmp_path / "test_project.py").write_text(PROJECT_TEST)
+    path = os.pathsep.join([str(REPO), *([str(tmp_path)] if on_pythonpath else [])])
+    if on_pythonpath:
+        (tmp_path / "json.py").unlink()  # on PYTHONPATH, it would break pytest itself
+    result = run_project(tmp_path, PYTHONPATH=path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_without_its_dependencies_the_fixture_says_what_to_set(tmp_path):
+    """The "apart" set-up with CUSTOMERS_DOUBLE_COMMAND forgotten: a test environment
+    holding pytest and the plugin, but not Flask, Peewee or marshmallow."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True)
+    [site] = (tmp_path / "venv").glob("lib/python*/site-packages")
+    only_pytest = tmp_path / "only-pytest"
+    only_pytest.mkdir()
+    installed = Path(pytest.__file__).resolve().parent.parent
+    for name in ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pygments", "py.py"):
+        (only_pytest / name).symlink_to(installed / name)
+    (site / "only-pytest.pth").write_text(f"{only_pytest}\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_project.py").write_text(PROJECT_TEST)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    result = run_project(project, python)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "1 error" in result.stdout
+    assert (
+        "customers_double: the double cannot run in this test environment (No module named 'flask')"
+    ) in output
+    assert (
+        "Set CUSTOMERS_DOUBLE_COMMAND to the customers-double of that environment, e.g.\n"
+        '    export CUSTOMERS_DOUBLE_COMMAND="$HOME/.customers-double/bin/customers-double"'
+    ) in output
+    assert "Traceback" not in output and "ModuleNotFoundError" not in output
+
+
 def test_readme_pytest_recipe_in_a_checkout(tmp_path):
     run_recipe_tests(tmp_path, "pytest", passed=3)
 

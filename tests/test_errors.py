@@ -19,7 +19,7 @@ CUSTOMER = {"customer": {"customer_id": "c-1", "name": "Acme"}}
 @pytest.mark.parametrize(
     "method,path",
     [
-        ("GET", "/"),
+        ("GET", "/index.html"),
         ("GET", "/api/v1"),
         ("POST", "/api/v2/customers"),
         ("GET", "/api/v1/customers/"),

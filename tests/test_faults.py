@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,9 +44,10 @@ class Command:
         assert self.url, self.process.stderr.read()
         self.port = int(self.url.rsplit(":", 1)[1])
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Its resident memory now, or at its peak so far (VmHWM)."""
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -179,6 +181,23 @@ def test_every_bad_key_is_reported_at_once(port):
         ({"headers": ["Retry-After", "2"]}, "headers"),
         ({"headers": {"Bad\nName": "x"}}, "headers"),
         ({"headers": {"X-A": "line\r\nbreak"}}, "headers"),
+        ({"headers": {"X-A": "vertical\x0btab"}}, "headers"),
+        ({"headers": {"X-A": "delete\x7f"}}, "headers"),
+        ({"headers": {"X-A": "nul\x00"}}, "headers"),
+        *(
+            ({"headers": {name: "x"}}, "headers")
+            for name in (
+                "Content-Length",
+                "transfer-encoding",
+                "Connection",
+                "Keep-Alive",
+                "Proxy-Authenticate",
+                "Proxy-Connection",
+                "TE",
+                "Trailer",
+                "Upgrade",
+            )
+        ),
         ({"method": 7}, "method"),
         ({"path": "api/v1/customers"}, "path"),
         ({"path": "/_double/reset"}, "path"),
@@ -284,6 +303,43 @@ def test_delay_alone_then_runs_the_request(port):
     assert reply.status == 200 and get(port).status == 200
 
 
+def test_a_fault_header_may_hold_a_tab_and_replace_the_content_type(port):
+    fault(
+        port, status=503, headers={"Retry-After": "2", "X-Note": "a\tb", "content-type": "text/x"}
+    )
+    reply = upsert(port)
+    assert (reply.status, reply.headers["X-Note"], reply.headers["content-type"]) == (
+        503,
+        "a\tb",
+        "text/x",
+    )
+    assert "Content-Type" not in reply.headers  # one Content-Type: the fault's
+
+
+def test_a_reset_wakes_a_delayed_request_at_once(port):
+    fault(port, delay_ms=20_000)
+    outcome: dict = {}
+
+    def client() -> None:
+        began = time.monotonic()
+        try:
+            outcome["reply"] = upsert(port)
+        except ConnectionError as exc:  # RemoteDisconnected: closed with no answer
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - began
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    while request(port, "GET", "/_double/faults").json()["faults"][0]["remaining"]:
+        time.sleep(0.01)  # until the request has taken the fault and waits
+    assert request(port, "POST", "/_double/reset").status == 200
+    thread.join(30)
+    assert "reply" not in outcome and isinstance(outcome["error"], ConnectionError)
+    assert outcome["took"] < 5  # not the 20 s of the delay
+    assert get(port).status == 404  # it never ran
+    assert [r["path"] for r in recorded(port)] == ["/api/v1/customers/cus-1"]  # that GET alone
+
+
 def test_delay_makes_a_client_time_out(port):
     fault(port, delay_ms=2000, status=504)
     with pytest.raises(TimeoutError):
@@ -355,6 +411,57 @@ def test_memory_stays_bounded_whatever_is_sent(command, port, capsys):
     with capsys.disabled():
         print(f"\n  double RSS: {before:.0f} MB before, {after:.0f} MB after 300 x 64 KiB bodies")
     assert after < 200
+
+
+def test_memory_stays_under_200_mb_whatever_each_field_holds(tmp_path, capsys):
+    """The flood of issue 19: 600 requests, each with a 60 KB path, a 64 KiB body, a long
+    header, and a one-character key that stands alone everywhere (so redacting it would
+    grow every field tenfold), then the whole log listed and verified. A double of its own,
+    so that its peak (VmHWM) is this flood's."""
+    flooded = Command(tmp_path)
+    try:
+        path = "/" + "a/" * 30_000  # 60,001 characters
+        body = b"a " * 32_768  # 64 KiB, the most the double takes
+        headers = {"Authorization": "Bearer a", "X-Pad": "a " * 4_000}
+        threads = [
+            threading.Thread(
+                target=lambda: [
+                    request(flooded.port, "POST", path, body, headers) for _ in range(150)
+                ]
+            )
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        listed = request(flooded.port, "GET", "/_double/requests")
+        assert listed.headers.get("Transfer-Encoding") == "chunked"  # streamed, not built
+        records = listed.json()["requests"]
+        verified = request(flooded.port, "POST", "/_double/verify", {"path": "/{x}"})
+        peak = flooded.rss_mb("VmHWM")
+    finally:
+        assert flooded.stop() == 0
+    assert len(records) == 600 and verified.status == 422
+    record = records[-1]
+    assert (record["status"], record["path_truncated"], len(record["path"])) == (404, True, 2048)
+    assert record["path"].startswith("/[redacted]/[redacted]/")
+    assert record["body_truncated"] and len(record["body"].encode()) == 16 * 1024
+    assert record["headers"]["Authorization"] == "Bearer [redacted]"
+    assert record["headers_truncated"] and sum(map(len, record["headers"].items())) <= 4096
+    with capsys.disabled():
+        print(f"\n  double peak RSS: {peak:.0f} MB after 600 flooding requests, listed")
+    assert peak < 200
+
+
+def test_a_short_key_is_redacted_only_where_it_stands_alone(port):
+    body = {"customer": {"customer_id": "a", "name": "Acme a-b", "city": "Ka"}}
+    request(port, "POST", "/api/v1/customers?q=a&banana=1", body, {"Authorization": "Bearer a"})
+    [entry] = recorded(port)
+    assert entry["body"] == {
+        "customer": {"customer_id": "[redacted]", "name": "Acme [redacted]-b", "city": "Ka"}
+    }
+    assert entry["query"] == "q=[redacted]&banana=1"
 
 
 # --- State across restarts ------------------------------------------------------------------

@@ -131,8 +131,11 @@ def test_the_wheel_holds_one_package_and_every_service_module(tmp_path, base_env
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"customers_registry", wheel.name.split("-py3")[0] + ".dist-info"}
-    shipped = sorted(n.rsplit("/", 1)[1] for n in names if "/_service/" in n)
+    service = [n.split("/_service/", 1)[1] for n in names if "/_service/" in n]
+    shipped = sorted(n for n in service if "/" not in n)
     assert shipped == SERVICE_MODULES  # a new top-level module must be listed in pyproject
+    pages = sorted(path.name for path in (REPO / "static").iterdir())
+    assert sorted(n.removeprefix("static/") for n in service if "/" in n) == pages
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

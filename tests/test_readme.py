@@ -273,18 +273,11 @@ def test_double_examples_run_against_a_fresh_double(installed, double_url, tmp_p
     double sections use (the README may have none yet)."""
     markdown = (
         "<!-- example: double -->\n```sh\n"
-        'curl -s "$LAGO_URL/api/v1/customers" -H "Authorization: Bearer $LAGO_API_KEY" \\\n'
-        "  -H 'Content-Type: application/json' -d '{\"customer\": "
-        '{"customer_id": "d-1", "name": "Double"}}\' > /dev/null\n'
-        'curl -s "$LAGO_URL/_double/requests?limit=1"\n```\n\n```json\n'
-        '{"requests":[{"method":"POST","path":"/api/v1/customers","query":"","status":200,'
-        '"fault":null,"body":{"customer":{"customer_id":"d-1","name":"Double"}},'
-        '"body_truncated":false,"response_truncated":false,"response":{"customer":{'
-        '"lago_id":"99a6094e-199b-4101-896a-54e927ce7bd7","customer_id":"d-1",'
-        '"address_line1":null,"address_line2":null,"city":null,"country":null,'
-        '"created_at":"2026-11-25T08:59:51Z","email":null,"legal_name":null,'
-        '"legal_number":null,"logo_url":null,"name":"Double","phone":null,"state":null,'
-        '"url":null,"zipcode":null}}}]}\n```\n'
+        'curl -s "$LAGO_URL/_double/faults" -H "Content-Type: application/json" \\\n'
+        '  -d \'{"fault": {"status": 503, "times": 2}}\' > /dev/null\n'
+        'curl -s "$LAGO_URL/_double/faults"\n```\n\n```json\n'
+        '{"faults":[{"id":"3f2a9c1d0b7e","method":null,"path":null,"status":503,'
+        '"headers":{},"delay_ms":0,"action":null,"times":2,"remaining":2}]}\n```\n'
     )
     env = example_env(installed, tmp_path / "shell", LAGO_URL=double_url, LAGO_API_KEY="test-key")
     assert run_in_order(examples(markdown), {"double": env}, tmp_path) == 1
