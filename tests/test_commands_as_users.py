@@ -109,8 +109,11 @@ def test_metrics_count_requests_under_serve_summed_over_two_workers(installed, t
     # No PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py makes the folder, as for any user.
     env = installed.env(tmp_path / "home", API_KEY=API_KEY)
     with installed.serve(tmp_path, env, workers=2) as served:
-        workers = worker_pids(served.process.pid)
-        assert len(workers) == 2
+        # /health answered: one worker is up; the other may still be booting.
+        deadline = time.monotonic() + 30
+        while len(workers := worker_pids(served.process.pid)) < 2:
+            assert time.monotonic() < deadline, served.log_text()
+            time.sleep(0.05)
 
         def upsert(n: int) -> int:
             body = {"customer": {"customer_id": f"metered/{n}", "name": "M"}}
