@@ -1,7 +1,8 @@
-"""HTTP and wiring: settings, hooks, error envelopes, routes and the `keys` commands.
+"""HTTP and wiring: settings, hooks, error envelopes and routes (the commands are in
+commands.py, registered here for `flask --app app ...`).
 
-    gunicorn 'app:create_app()'           # serve, configured from the environment
-    flask --app app keys create --org ACME  # mint a key
+    customers-registry serve                # serve, configured from the environment
+    gunicorn 'app:create_app()'             # the same, in a checkout
 
 `create_app(config)` with a mapping reads only that mapping (the same names as the
 environment variables below); without one it reads the environment.
@@ -17,11 +18,9 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-import click
 from flask import Flask, Response, current_app, g, jsonify, request
-from flask.cli import AppGroup, with_appcontext
 from marshmallow import ValidationError
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import (
@@ -35,6 +34,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
 import auth
+import commands
 import connections
 import logs
 import metrics
@@ -128,13 +128,7 @@ def _on_off(raw: str) -> bool:
     return raw.lower() == "on"
 
 
-def masked_url(url: str) -> str:
-    """A database URL fit for a log line: the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+masked_url = connections.masked_url
 
 
 def startup_line(environ: Mapping[str, str], workers: int) -> str:
@@ -372,6 +366,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             "database unavailable at start (%s); trying again on each request", outage.reason(exc)
         )
     app.extensions["customers.db"] = db
+    app.extensions["customers.settings"] = settings
     password = urlsplit(settings.database_url).password
     app.extensions["customers.outage"] = outage.OutageLog(
         masked_url(settings.database_url), log, password=unquote(password) if password else None
@@ -425,18 +420,31 @@ class DatabasePreparation:
 
 
 def check_database(environ: Mapping[str, str]) -> None:
-    """Refuse, before gunicorn forks its workers, a database that a newer release has
-    upgraded (the workers upgrade an older one, under the schema lock). Reads only; a
-    database that does not exist yet or cannot be reached now is left to the workers.
-    Raises ValueError for a bad setting and migrations.SchemaTooNew."""
+    """Refuse, before gunicorn forks its workers, what no worker could serve: a SQLite
+    file that cannot be made (its folder cannot be made, or written), a schema that a
+    newer release has upgraded, a schema_version that is not one, tables that lack this
+    release's columns (the workers upgrade an older one, under the schema lock). Reads
+    only, but for making a missing SQLite file. An existing SQLite file that cannot be
+    written (storage gone read-only), or a database that cannot be reached now, is only
+    logged: the workers answer 503 until it heals.
+    Raises ValueError (a bad setting, connections.UnusablePath,
+    migrations.SchemaUnusable) and migrations.SchemaTooNew."""
     settings = Settings.from_mapping(environ)
+    logs.configure(log, settings.log_level, settings.log_format, (settings.api_key or "",))
     url = settings.database_url
-    if url.startswith("sqlite:") and not os.path.exists(url.split(":///", 1)[-1]):
-        return
+    path = connections.sqlite_file(url)
+    if path is not None:
+        connections.make_sqlite_file(path)  # one that cannot be made is refused
+        try:
+            connections.check_sqlite_writable(path)
+        except connections.UnusablePath as exc:
+            log.warning("%s; the workers answer 503 until it can be written", exc)
     db = connections.open_database(url, busy_timeout=settings.db_timeout)
     try:
         with connections.using(db):
             found = migrations.version_of(db)
+            if found == migrations.SCHEMA_VERSION:
+                migrations.check_columns(db)
     except DATABASE_ERRORS as exc:
         log.warning(
             "database unavailable at start (%s); the workers will retry", outage.reason(exc)
@@ -496,115 +504,5 @@ def _register_routes(app: Flask) -> None:
 
 
 def _register_commands(app: Flask) -> None:
-    for command in COMMANDS:
+    for command in commands.COMMANDS:
         app.cli.add_command(command)
-
-
-# --- Commands ---------------------------------------------------------------------------
-#
-# Run inside the app's context, on the database of its settings: `flask --app app ...` in
-# a checkout, `customers-registry ...` where the package is installed.
-
-
-def _database() -> Any:
-    return current_app.extensions["customers.db"]
-
-
-keys_command = AppGroup("keys", help="Mint, list and revoke API keys.")
-
-
-@keys_command.command("create")
-@click.option("--org", "organization", required=True, help="Organization name.")
-def create_key(organization: str) -> None:
-    """Mint a key (creating the organization when new); prints it, once."""
-    with connections.using(_database()):
-        key = auth.create_key(organization)
-    click.echo(f"New key for organization {organization!r}; it is shown only this once:")
-    click.echo(key)
-
-
-@keys_command.command("list")
-def list_keys() -> None:
-    """Organizations and key prefixes (never whole keys)."""
-    with connections.using(_database()):
-        rows = models.list_api_keys()
-    click.echo(f"{'ORGANIZATION':<24} {'PREFIX':<14} {'CREATED':<20} REVOKED")
-    for row in rows:
-        revoked = row["revoked_at"].isoformat(" ") if row["revoked_at"] else "-"
-        click.echo(
-            f"{row['organization']:<24} {row['prefix'] + '…':<14} "
-            f"{row['created_at'].isoformat(' '):<20} {revoked}"
-        )
-
-
-@keys_command.command("revoke")
-@click.argument("prefix")
-def revoke_key(prefix: str) -> None:
-    """Revoke the key whose prefix (as `keys list` shows it) or whole value is PREFIX."""
-    with connections.using(_database()):
-        revoked = models.revoke_api_key(auth.key_prefix(prefix.rstrip("…")))
-    if not revoked:
-        raise click.ClickException(f"no active key with prefix {prefix!r}")
-    click.echo("revoked")
-
-
-@click.command("backup")
-@click.argument("destination", type=click.Path(dir_okay=False))
-@with_appcontext
-def backup_command(destination: str) -> None:
-    """Copy the live SQLite database to DESTINATION (a new file), safely while the
-    service runs."""
-    try:
-        count = connections.backup_sqlite(_database(), destination)
-    except FileExistsError:
-        raise click.ClickException(f"{destination} exists already; name a new file") from None
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"backed up {count} customers to {destination}")
-
-
-@click.command("copy-to")
-@click.argument("target_url")
-@with_appcontext
-def copy_to_command(target_url: str) -> None:
-    """Copy all data (organizations, keys, customers) into the empty database at
-    TARGET_URL, e.g. to move from SQLite to PostgreSQL."""
-    try:
-        target = connections.open_database(target_url)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        migrations.upgrade(target)
-        copied = models.copy_database(_database(), target)
-    except (ValueError, migrations.SchemaTooNew) as exc:
-        raise click.ClickException(f"{masked_url(target_url)}: {exc}") from None
-    except DATABASE_ERRORS as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(f"cannot reach {masked_url(target_url)}: {reason}") from None
-    finally:
-        target.close_all()
-    click.echo(", ".join(f"{count} {table}" for table, count in copied.items()) + " copied")
-
-
-@click.command("migrate")
-@with_appcontext
-def migrate_command() -> None:
-    """Bring the database's schema up to this release's version (the service does it
-    at start too); changes nothing on an up-to-date database."""
-    # Building the app upgraded the schema already, unless the database could not be
-    # reached then: either upgrade says what it found.
-    upgraded_from = current_app.extensions["customers.preparation"].upgraded_from
-    try:
-        found, now = migrations.upgrade(_database())
-    except DATABASE_ERRORS as exc:
-        url = masked_url(_database().database)
-        raise click.ClickException(f"cannot reach the database {url}: {exc}") from None
-    if found is not None and found != now:
-        upgraded_from = found
-    if upgraded_from is not None:
-        click.echo(f"schema upgraded from version {upgraded_from} to {now}")
-    else:
-        click.echo(f"schema up to date at version {now}")
-
-
-COMMANDS = (keys_command, backup_command, copy_to_command, migrate_command)

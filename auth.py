@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,8 +46,38 @@ def key_prefix(key: str) -> str:
     return key[:PREFIX_LENGTH]
 
 
+ORGANIZATION_MAX_LENGTH = models.Organization.name.max_length
+# Control characters (line breaks, ESC, DEL), format characters (bidirectional overrides,
+# zero-width ones), line and paragraph separators, and surrogates (bytes of a command
+# line that are not UTF-8): each could make a name look like another, or forge lines
+# where names are listed.
+_UNSHOWABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+def check_organization_name(name: str) -> str:
+    """`name` when it can name an organization; else ValueError saying why."""
+    if not name or not name.strip():
+        raise ValueError("an organization name cannot be empty")
+    if len(name) > ORGANIZATION_MAX_LENGTH:
+        raise ValueError(
+            f"an organization name is at most {ORGANIZATION_MAX_LENGTH} characters"
+            f" (this one has {len(name)})"
+        )
+    if name != name.strip():
+        raise ValueError("an organization name cannot begin or end with a space")
+    for character in name:
+        if unicodedata.category(character) in _UNSHOWABLE:
+            raise ValueError(
+                "an organization name cannot hold control or invisible characters"
+                f" (it holds U+{ord(character):04X})"
+            )
+    return name
+
+
 def create_key(organization: str) -> str:
-    """Mint a key for `organization` (created when new) and return it, the only time it is seen."""
+    """Mint a key for `organization` (created when new) and return it, the only time it
+    is seen. Raises ValueError for a name check_organization_name refuses."""
+    check_organization_name(organization)
     organization_id = models.ensure_organization(organization)
     while True:
         key = mint_key()

@@ -15,13 +15,14 @@ import fcntl
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, urlparse, urlsplit, urlunsplit
 
 from peewee import Database, DatabaseProxy, OperationalError
 from playhouse.db_url import parseresult_to_dict
@@ -108,8 +109,7 @@ def open_database(
     if scheme == "sqlite":
         path = params.pop("database")
         if path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
+            make_sqlite_file(path)
         db = SqliteFileDatabase(
             path,
             # First, so that the pragmas after it already wait for a busy file.
@@ -134,6 +134,80 @@ def open_database(
             params.pop("database"), max_connections=max_connections, timeout=busy_timeout, **params
         )
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported")
+
+
+def masked_url(url: str) -> str:
+    """A database URL fit for a log line or a message: the password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- SQLite files: made owner-only, and checked before use ------------------------------
+
+
+class UnusablePath(ValueError):
+    """A database file (or a backup's) that cannot be made or written. The message names
+    the path and the reason, in one line: what the commands and the start print."""
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of an `sqlite:///` URL; None for another scheme or `:memory:`."""
+    parsed = urlparse(url)
+    if parsed.scheme.split("+")[0] != "sqlite":
+        return None
+    path = parseresult_to_dict(parsed).get("database")
+    return None if not path or path == ":memory:" else path
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, FileExistsError):
+        return "a file of that name is in the way"
+    return exc.strerror or type(exc).__name__
+
+
+def make_sqlite_file(path: str) -> bool:
+    """Make the folder (as needed) and the empty database file when they are missing, the
+    file readable and writable by its owner only (0600: it will hold the keys' hashes;
+    SQLite gives its -wal and -shm files the same mode). Returns whether it made the
+    file. Raises UnusablePath naming what could not be made, and why."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UnusablePath(f"cannot make the database's folder {folder}: {_reason(exc)}") from None
+    if os.path.isdir(path):
+        raise UnusablePath(f"the database {path} is a folder, not a file")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False  # there already (or a peer made it just now)
+    except OSError as exc:
+        raise UnusablePath(f"cannot create the database {path}: {_reason(exc)}") from None
+    os.close(fd)
+    return True
+
+
+def check_sqlite_writable(path: str) -> None:
+    """Raise UnusablePath unless the database file and its folder can be written (SQLite
+    makes its -wal, -shm and the writers' .lock file beside it). For the commands and the
+    start, which say why in one line; a request meets the same as a 503."""
+    make_sqlite_file(path)
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise UnusablePath(f"cannot write the database {path}: {_reason(exc)}") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UnusablePath(
+            f"cannot write in the database's folder {folder} (SQLite keeps its -wal and"
+            f" -shm files there): {_reason(exc)}"
+        ) from None
 
 
 class PostgresPool(PooledPostgresqlDatabase):
@@ -204,24 +278,40 @@ def enable_wal(db: Database, attempts: int = 50) -> None:
 
 
 def backup_sqlite(db: Database, destination: str) -> int:
-    """Copy a live SQLite database to `destination` with SQLite's online backup API: a
-    consistent snapshot, while the service keeps writing. Returns the customers copied."""
+    """Copy a live SQLite database to `destination`, a new file (0600, as the database)
+    in a folder that exists, with SQLite's online backup API: a consistent snapshot,
+    while the service keeps writing. Returns the customers copied. Raises
+    FileExistsError when anything (a file, a symbolic link, even a dangling one) has
+    that name, UnusablePath when the file cannot be made; a failed backup is removed."""
     if not is_sqlite(db):
         raise ValueError("backup copies SQLite databases; for PostgreSQL use pg_dump")
-    if os.path.exists(destination):
-        raise FileExistsError(destination)
-    source = sqlite3.connect(db.database, timeout=db.connect_params.get("timeout", 10))
-    target = sqlite3.connect(destination)
+    folder = os.path.dirname(os.path.abspath(destination))
+    if not os.path.isdir(folder):
+        raise UnusablePath(f"cannot write the backup {destination}: no folder {folder}")
     try:
-        source.backup(target)
-        (verdict,) = target.execute("PRAGMA integrity_check").fetchone()
-        if verdict != "ok":
-            raise RuntimeError(f"backup failed its integrity check: {verdict}")
-        (count,) = target.execute("SELECT count(*) FROM customer").fetchone()
-        return count
-    finally:
-        target.close()
-        source.close()
+        # O_EXCL: never through a symbolic link, never over a file made meanwhile.
+        os.close(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise FileExistsError(destination) from None
+    except OSError as exc:
+        raise UnusablePath(f"cannot write the backup {destination}: {_reason(exc)}") from None
+    try:
+        source = sqlite3.connect(db.database, timeout=db.connect_params.get("timeout", 10))
+        target = sqlite3.connect(destination)
+        try:
+            source.backup(target)
+            (verdict,) = target.execute("PRAGMA integrity_check").fetchone()
+            if verdict != "ok":
+                raise RuntimeError(f"backup failed its integrity check: {verdict}")
+            (count,) = target.execute("SELECT count(*) FROM customer").fetchone()
+            return count
+        finally:
+            target.close()
+            source.close()
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(destination)
+        raise
 
 
 def lock_id(name: str) -> int:

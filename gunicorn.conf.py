@@ -13,6 +13,27 @@ import uuid
 
 from gunicorn import util
 
+
+def whole_number(name, default, least):
+    """The environment's `name` as a whole number of at least `least`; otherwise the
+    start stops here, in one line naming the setting, exit code 2 (as for the service's
+    own settings)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        sys.stderr.write(
+            f"customers-registry: setting {name}={raw!r} is not valid:"
+            f" a whole number, {least} or more\n"
+        )
+        sys.exit(2)
+    return value
+
+
 # Where to listen. Behind nginx on the same host, loopback only.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
@@ -26,19 +47,19 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # 2 workers x 2 threads 2220, x 4 threads 1024. The work is CPU-bound Python
 # and SQLite lets one writer in at a time, so more processes than cores buy nothing
 # reliable, and threads only add contention.
-workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
+workers = whole_number("WEB_CONCURRENCY", os.cpu_count() or 1, 1)
 worker_class = os.environ.get("WORKER_CLASS", "sync")
-threads = int(os.environ.get("THREADS", "1"))
+threads = whole_number("THREADS", 1, 1)
 
 # A request that takes longer than this is a stuck worker: it is killed and replaced.
 # nginx's proxy_read_timeout (deploy/nginx.conf) matches it.
-timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
+timeout = whole_number("WORKER_TIMEOUT", 30, 0)
 
 # On SIGTERM, workers finish the requests in hand for up to this long before exiting.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
+graceful_timeout = whole_number("GRACEFUL_TIMEOUT", 30, 0)
 
 # Idle keep-alive (for the threaded workers; sync workers close after each response).
-keepalive = int(os.environ.get("KEEPALIVE", "5"))
+keepalive = whole_number("KEEPALIVE", 5, 0)
 
 # Each worker builds its own app: no database connection is shared across a fork.
 preload_app = False

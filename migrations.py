@@ -38,6 +38,12 @@ class SchemaTooNew(RuntimeError):
         self.found = found
 
 
+class SchemaUnusable(ValueError):
+    """The database's schema cannot be served: its recorded version is not a version, or
+    its tables lack columns this release reads. A ValueError, so that the start and the
+    commands refuse it in one line, as they refuse a bad setting."""
+
+
 def upgrade(db: Database) -> tuple[int | None, int]:
     """Bring `db` to SCHEMA_VERSION: create the schema in an empty database, or apply the
     migrations after its version. Returns (the version found, None for an empty database;
@@ -53,6 +59,7 @@ def upgrade(db: Database) -> tuple[int | None, int]:
             enable_wal(db)
         found = version_of(db)
         if found == SCHEMA_VERSION:
+            check_columns(db)
             return found, found
         with _schema_lock(db):
             found = version_of(db)  # a peer may have upgraded it while we waited
@@ -65,6 +72,7 @@ def upgrade(db: Database) -> tuple[int | None, int]:
                     MIGRATIONS[version](db)
             if found != SCHEMA_VERSION:
                 _record_version(db)
+            check_columns(db)  # a failure here rolls the upgrade back
     if found is not None and found != SCHEMA_VERSION:
         log.warning("database schema upgraded from version %s to %s", found, SCHEMA_VERSION)
     return found, SCHEMA_VERSION
@@ -72,14 +80,51 @@ def upgrade(db: Database) -> tuple[int | None, int]:
 
 def version_of(db: Database) -> int | None:
     """The schema version of the active database `db`; 0 for one made before versions
-    existed, None for an empty one."""
+    existed, None for an empty one. Raises SchemaUnusable for a recorded version that is
+    not one (a text, a negative number: a table edited by hand or by another program)."""
     tables = set(db.get_tables())
     if "schema_version" in tables:
         row = db.execute_sql("SELECT version FROM schema_version WHERE id = 1").fetchone()
-        return row[0] if row else 0
+        if row is None:
+            return 0
+        version = row[0]
+        # SQLite keeps whatever was written; a bool is an int to Python, not a version.
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise SchemaUnusable(
+                f"the database's schema_version table holds {version!r}, not a schema"
+                f" version (this release's is {SCHEMA_VERSION}): restore the backup taken"
+                " before it was changed, or set it to the version of the release that made"
+                " the database"
+            )
+        return version
     if tables & {model._meta.table_name for model in TABLES}:
         return 0
     return None
+
+
+def check_columns(db: Database) -> None:
+    """Raise SchemaUnusable when a table of this release's schema is missing, or lacks a
+    column it reads or writes (the database was made by another program, or changed by
+    hand): every request would fail. Columns of its own that a table adds are left alone."""
+    tables = set(db.get_tables())
+    missing = []
+    for model in TABLES:
+        table = model._meta.table_name
+        if table not in tables:
+            missing.append(f"table {table}")
+            continue
+        present = {column.name for column in db.get_columns(table)}
+        missing += [
+            f"{table}.{field.column_name}"
+            for field in model._meta.sorted_fields
+            if field.column_name not in present
+        ]
+    if missing:
+        raise SchemaUnusable(
+            f"the database's schema (version {SCHEMA_VERSION}) lacks {', '.join(missing)}:"
+            " it was not made by this service or was changed by hand; point DATABASE_URL at"
+            " the service's own database, or restore its backup"
+        )
 
 
 def _create(db: Database) -> None:

@@ -216,12 +216,6 @@ def test_the_readme_recipe_serves_the_contract_and_the_double(podman, image):
         clean_up(podman)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: `customers-registry serve` imports prometheus_client before "
-    "gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR, so /metrics is empty; fixed on "
-    "another branch: remove this mark when it is merged",
-)
 def test_the_images_command_counts_requests_in_metrics(podman, image):
     container = Container.start(podman, image, None, API_KEY=KEY)
     try:

@@ -202,3 +202,43 @@ def test_gunicorn_refuses_a_newer_schema_in_one_line(database_url):
     [refusal] = [line for line in result.stderr.splitlines() if "customers-registry:" in line]
     assert "schema is version 99" in refusal
     assert "Traceback" not in result.stderr
+
+
+def test_a_schema_version_that_is_not_one_is_refused_at_start(database_url):
+    # (A text, which SQLite alone can hold: tests/test_commands_as_users.py.)
+    with database_of(database_url) as db, connections.using(db):
+        migrations.upgrade(db)
+        db.execute_sql("UPDATE schema_version SET version = -1")
+    with pytest.raises(migrations.SchemaUnusable, match="holds -1, not a schema version"):
+        create_app({"DATABASE_URL": database_url})
+    result = refused_start({"DATABASE_URL": database_url})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [refusal] = [line for line in result.stderr.splitlines() if "customers-registry:" in line]
+    assert "schema_version table holds -1" in refusal
+
+
+def test_tables_without_the_columns_of_this_release_are_refused_at_start(database_url):
+    with database_of(database_url) as db, connections.using(db):
+        migrations.upgrade(db)
+        db.execute_sql('ALTER TABLE "customer" DROP COLUMN "email"')
+    with pytest.raises(migrations.SchemaUnusable, match=r"lacks customer\.email"):
+        create_app({"DATABASE_URL": database_url})
+    result = refused_start({"DATABASE_URL": database_url})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [refusal] = [line for line in result.stderr.splitlines() if "customers-registry:" in line]
+    assert "lacks customer.email" in refusal
+
+
+def test_copy_to_an_old_target_with_rows_refuses_and_changes_nothing(old_url, database_url):
+    before = every_row(old_url)
+    app = create_app({"DATABASE_URL": database_url})
+    try:
+        result = app.test_cli_runner().invoke(args=["copy-to", old_url])
+    finally:
+        app.extensions["customers.db"].close_all()
+    assert result.exit_code == 1
+    assert result.output.strip().endswith(": the target database is not empty")
+    with database_of(old_url) as db, connections.using(db):
+        assert migrations.version_of(db) == 0  # not upgraded
+        assert "schema_version" not in db.get_tables()
+    assert every_row(old_url) == before
