@@ -48,7 +48,7 @@ import search
 
 # The release (semantic versioning): /health, the OpenAPI document, both commands'
 # --version and the start-up line show it; the package build reads it from here.
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 log = logging.getLogger("customers")
 

@@ -162,7 +162,7 @@ def _to_1(db: Database) -> None:
 
 
 def _to_2(db: Database) -> None:
-    """After 0.1.0: the list's search index, the country index and counts, and the cursor
+    """0.2.0: the list's search index, the country index and counts, and the cursor
     key (search.py), built from the customers already stored, with progress in the log
     (on a 2-core machine, 20 to 70 s for a million customers on SQLite, 10 s on
     PostgreSQL)."""
