@@ -5,8 +5,11 @@ Under gunicorn each worker writes its values to files in PROMETHEUS_MULTIPROC_DI
 prometheus_client's multiprocess mode. Elsewhere (the double, the test client) the
 process's own values are served.
 
-The route label is the route's pattern (`/api/v1/customers/<customer_id>`), never a raw
-path, so a customer_id never becomes a label; requests that match no route share one.
+Every label has a fixed set of values, whatever a client sends, so that no request can
+add a series: the route label is the route's pattern (`/api/v1/customers/<customer_id>`),
+never a raw path, so a customer_id never becomes a label, and requests that match no route
+share one; the method is one of HTTP's usual methods, any other (gunicorn and nginx pass
+made-up ones on) is `other`; the status is the one the app answered, from its own code.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -27,6 +31,8 @@ from prometheus_client import (
 )
 
 UNMATCHED = "unmatched"
+OTHER_METHOD = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONVERTER = re.compile(r"<\w+:(\w+)>")  # "<customer_id:customer_id>" -> "<customer_id>"
 
 REQUESTS = Counter(
@@ -48,14 +54,27 @@ def instrument(app: Flask) -> None:
     def start_clock() -> None:
         g.metrics_started = time.perf_counter()
 
+    # The label sets met so far, and their series: labels() costs more than the count.
+    # Bounded, as every label is.
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[tuple[str, str], Any] = {}
+
     @app.after_request
     def count(response: Response) -> Response:
         started = g.get("metrics_started")
         rule = request.url_rule
         route = _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else OTHER_METHOD
+        status = response.status_code
+        counter = counters.get((method, route, status))
+        if counter is None:
+            counter = counters[(method, route, status)] = REQUESTS.labels(method, route, status)
+        counter.inc()
         if started is not None:
-            DURATION.labels(request.method, route).observe(time.perf_counter() - started)
+            timer = timers.get((method, route))
+            if timer is None:
+                timer = timers[(method, route)] = DURATION.labels(method, route)
+            timer.observe(time.perf_counter() - started)
         return response
 
     app.add_url_rule(
