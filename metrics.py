@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -31,6 +31,7 @@ from prometheus_client import (
 )
 
 UNMATCHED = "unmatched"
+_STARTED = "customers.metrics_started"  # the request's arrival, in its WSGI environ
 OTHER_METHOD = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONVERTER = re.compile(r"<\w+:(\w+)>")  # "<customer_id:customer_id>" -> "<customer_id>"
@@ -48,33 +49,37 @@ DURATION = Histogram(
 
 
 def instrument(app: Flask) -> None:
-    """Count and time every request of `app`, and serve `GET /metrics`."""
+    """Count and time every request of `app`, and serve `GET /metrics`.
 
-    @app.before_request
-    def start_clock() -> None:
-        g.metrics_started = time.perf_counter()
+    The clock starts when the request enters the app (a WSGI wrapper, cheaper than a
+    before_request hook) and stops in an after_request hook, which runs for every answer,
+    errors included. This runs on every request: each label set's two series are looked
+    up once, then kept (a bounded set, as every label is)."""
+    inner = app.wsgi_app
 
-    # The label sets met so far, and their series: labels() costs more than the count.
-    # Bounded, as every label is.
-    counters: dict[tuple[str, str, int], Any] = {}
-    timers: dict[tuple[str, str], Any] = {}
+    def timed(environ: dict, start_response: Any) -> Any:
+        environ[_STARTED] = time.perf_counter()
+        return inner(environ, start_response)
+
+    app.wsgi_app = timed  # type: ignore[method-assign]
+    series: dict[tuple[str, str | None, int], tuple[Any, Any]] = {}
 
     @app.after_request
     def count(response: Response) -> Response:
-        started = g.get("metrics_started")
-        rule = request.url_rule
-        route = _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED
-        method = request.method if request.method in METHODS else OTHER_METHOD
+        served = request._get_current_object()  # type: ignore[attr-defined]
+        method = served.method if served.method in METHODS else OTHER_METHOD
+        rule = served.url_rule
+        pattern = rule.rule if rule is not None else None
         status = response.status_code
-        counter = counters.get((method, route, status))
-        if counter is None:
-            counter = counters[(method, route, status)] = REQUESTS.labels(method, route, status)
-        counter.inc()
+        found = series.get((method, pattern, status))
+        if found is None:
+            route = _CONVERTER.sub(r"<\1>", pattern) if pattern is not None else UNMATCHED
+            found = (REQUESTS.labels(method, route, status), DURATION.labels(method, route))
+            series[(method, pattern, status)] = found
+        found[0].inc()
+        started = served.environ.get(_STARTED)
         if started is not None:
-            timer = timers.get((method, route))
-            if timer is None:
-                timer = timers[(method, route)] = DURATION.labels(method, route)
-            timer.observe(time.perf_counter() - started)
+            found[1].observe(time.perf_counter() - started)
         return response
 
     app.add_url_rule(
