@@ -5,7 +5,8 @@ The service's own logger ("customers") and gunicorn's (its error log and its acc
 through `GunicornLogger`, which gunicorn.conf.py names as its logger_class) share the
 formats. The access line is written here rather than from gunicorn's format string: it
 carries the duration to the microsecond, and its query string with every credential
-hidden.
+hidden. Every finished line, of either format, has every key hidden (Redactor), and in
+text what a client wrote is escaped (`escaped`), so that no line can be forged.
 """
 
 from __future__ import annotations

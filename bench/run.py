@@ -347,7 +347,8 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="REV",
-        help="compare upserts (FULL and NORMAL) with this git revision, alternately; no report",
+        help="compare upserts (FULL and NORMAL) with this git revision (or a folder holding"
+        " a copy of the tree), alternately; no report",
     )
     parser.add_argument("--rounds", type=int, default=6, help="with --baseline")
     args = parser.parse_args()
@@ -425,10 +426,13 @@ def compare(rev: str, rounds: int, seconds: float) -> None:
 
     with tempfile.TemporaryDirectory(prefix="customers-baseline-") as tmp:
         root = Path(tmp)
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        if Path(rev).is_dir():  # a copy of the tree made by hand (an experiment)
+            root = Path(rev).resolve()
+        else:
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
         sides = {rev: root, "this checkout": REPO}
         for profile, env in (("FULL", {}), ("NORMAL", {"SQLITE_SYNCHRONOUS": "NORMAL"})):
             runs: dict[str, list[Result]] = {side: [] for side in sides}
