@@ -69,9 +69,11 @@ $(VENV)/.bench: requirements.txt requirements-bench.txt | $(BIN)/python
 	touch $@
 
 # The benchmark (bench/run.py): the service against its floor, on 127.0.0.1, bounded in
-# time. `bench` takes about 5 minutes and rewrites bench/results.md and bench/results.png.
+# time. `bench` takes about 5 minutes and rewrites bench/results.md and bench/results.png;
+# `make bench BASELINE=REV` instead runs the upserts against that git revision,
+# alternately, and prints both medians and their ratio (about 5 minutes too).
 bench: $(VENV)/.bench servers
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-smoke: $(VENV)/.prod servers
 	$(BIN)/python bench/run.py --smoke

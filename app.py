@@ -204,9 +204,14 @@ class CustomerIdConverter(BaseConverter):
 # --- Request helpers --------------------------------------------------------------------
 
 
-def request_id(incoming: str) -> str:
-    """The caller's (or nginx's) X-Request-Id when usable, else a new one."""
-    return incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+def request_id(incoming: str, redactor: logs.Redactor | None = None) -> str:
+    """The caller's (or nginx's) X-Request-Id when usable, else a new one. Usable: 1 to 200
+    of the characters in _REQUEST_ID (deploy/nginx.conf applies the same rule), and no key
+    in it (a minted key's shape, or the API_KEY setting), for it is written in every log
+    line of the request."""
+    if _REQUEST_ID.fullmatch(incoming) and not (redactor or logs.Redactor()).holds_key(incoming):
+        return incoming
+    return uuid.uuid4().hex
 
 
 def json_body() -> Any:
@@ -375,7 +380,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["customers.preparation"] = prepare
 
     metrics.instrument(app)  # first, so that its clock starts before the other hooks
-    _register_hooks(app, db, prepare)
+    _register_hooks(app, db, prepare, logs.Redactor((settings.api_key or "",)))
     _register_errors(app)
     _register_routes(app)
     if settings.customer_browser:
@@ -456,10 +461,12 @@ def check_database(environ: Mapping[str, str]) -> None:
         raise migrations.SchemaTooNew(found)
 
 
-def _register_hooks(app: Flask, db: Any, prepare: DatabasePreparation) -> None:
+def _register_hooks(
+    app: Flask, db: Any, prepare: DatabasePreparation, redactor: logs.Redactor
+) -> None:
     @app.before_request
     def start_request() -> None:
-        g.request_id = request_id(request.headers.get("X-Request-Id", ""))
+        g.request_id = request_id(request.headers.get("X-Request-Id", ""), redactor)
         g.db_token = connections.activate(db)
         prepare()
 

@@ -5,11 +5,13 @@ The service's own logger ("customers") and gunicorn's (its error log and its acc
 through `GunicornLogger`, which gunicorn.conf.py names as its logger_class) share the
 formats. The access line is written here rather than from gunicorn's format string: it
 carries the duration to the microsecond, and its query string with every credential
-hidden.
+hidden. Every finished line, of either format, has every key hidden (Redactor), and in
+text what a client wrote is escaped (`escaped`), so that no line can be forged.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -28,14 +30,78 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 REDACTED = "[redacted]"
 # Query parameters whose value is a credential, whatever it looks like.
 SECRET_PARAMETER = re.compile(r"key|token|auth|secret|password|credential", re.IGNORECASE)
+# An API_KEY this long is hidden wherever it appears. A shorter one (a toy key for a first
+# try, "test-key") is hidden where it stands as a word of its own (not inside a longer run
+# of the characters a key is made of): hiding every "a" of a line for a one-letter key
+# would make the logs unreadable, and show the key anyway.
+WHOLE_WORD_BELOW = 16
+_KEY_CHARACTER = r"A-Za-z0-9_-"
+# What a text line shows escaped, as \xHH (\uHHHH past Latin-1): the quote that ends a
+# field, the backslash that starts an escape, and every control character (a line break,
+# a carriage return, ESC) and line separator, so that nothing a client sends can end a
+# line, start a forged one or move a terminal's cursor.
+_UNSAFE_IN_FIELD = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# What a text line may not hold anywhere (its own line breaks are handled apart).
+_UNSAFE_IN_LINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# What JSON leaves as is but a reader splitting lines (Python's splitlines) would break on.
+_UNSAFE_IN_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+
+
+def _hex_escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def wsgi_text(value: str) -> str:
+    """A WSGI string (the request's bytes, one character each) as the text it spells in
+    UTF-8, bytes that are not as U+FFFD."""
+    if value.isascii():
+        return value
+    return value.encode("latin-1", "replace").decode("utf-8", "replace")
+
+
+def escaped(value: str) -> str:
+    """A field of a text line: quotes, backslashes and control characters as \\xHH."""
+    return _UNSAFE_IN_FIELD.sub(_hex_escape, value)
+
+
+class Redactor:
+    """Hides the API_KEY setting (`secrets`) and anything shaped like a minted key, in a
+    field or in a whole line, raw or as a text or JSON line writes it."""
+
+    def __init__(self, secrets: tuple[str, ...] | list[str] = ()):
+        self.secrets = tuple(secret for secret in secrets if secret)
+        forms: dict[str, re.Pattern | None] = {}
+        for secret in self.secrets:
+            for form in (secret, escaped(secret), json.dumps(secret, ensure_ascii=False)[1:-1]):
+                if len(secret) >= WHOLE_WORD_BELOW:
+                    forms[form] = None  # a plain replace
+                else:
+                    forms[form] = re.compile(
+                        rf"(?<![{_KEY_CHARACTER}]){re.escape(form)}(?![{_KEY_CHARACTER}])"
+                    )
+        self.forms = forms
+
+    def redact(self, text: str) -> str:
+        for form, word in self.forms.items():
+            if form in text:
+                text = text.replace(form, REDACTED) if word is None else word.sub(REDACTED, text)
+        if "lk_" in text:
+            text = MINTED_KEY.sub(REDACTED, text)
+        return text
+
+    def holds_key(self, text: str) -> bool:
+        return self.redact(text) != text
+
+
+@functools.lru_cache(maxsize=64)
+def _redactor(secrets: tuple[str, ...]) -> Redactor:
+    return Redactor(secrets)
 
 
 def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
     """`text` with these secrets and anything shaped like a minted key hidden."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return MINTED_KEY.sub(REDACTED, text)
+    return _redactor(tuple(secrets)).redact(text)
 
 
 def redacted_query(query: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
@@ -43,28 +109,16 @@ def redacted_query(query: str, secrets: tuple[str, ...] | list[str] = ()) -> str
     every key hidden."""
     if not query:
         return ""
+    redactor = _redactor(tuple(secrets))
     pairs = parse_qsl(query, keep_blank_values=True)
     cleaned = [
-        (name, REDACTED if SECRET_PARAMETER.search(name) else redact(value, secrets))
+        (
+            redactor.redact(name),
+            REDACTED if SECRET_PARAMETER.search(name) else redactor.redact(value),
+        )
         for name, value in pairs
     ]
-    return redact(urlencode(cleaned, safe="/[]:@,", quote_via=quote), secrets)
-
-
-class RedactingFilter(logging.Filter):
-    """The last guard: whatever a line says (a path gunicorn logs at DEBUG, a driver's
-    message), the API_KEY setting and anything shaped like a minted key are hidden."""
-
-    def __init__(self, secrets: tuple[str, ...] = ()):
-        super().__init__()
-        self.secrets = tuple(secret for secret in secrets if secret)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message, self.secrets)
-        if cleaned != message:
-            record.msg, record.args = cleaned, ()
-        return True
+    return redactor.redact(urlencode(cleaned, safe="/[]:@,", quote_via=quote))
 
 
 class DropRequestBytes(logging.Filter):
@@ -100,7 +154,12 @@ def _current_request_id() -> str:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time (UTC, microseconds), level, logger, request_id,
-    message, and the fields a record carries in `fields` (the access log's)."""
+    message, and the fields a record carries in `fields` (the access log's); every key
+    hidden, in any of them."""
+
+    def __init__(self, redactor: Redactor | None = None):
+        super().__init__()
+        self.redactor = redactor or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -113,15 +172,25 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        text = json.dumps(line, ensure_ascii=False, default=str)
+        if _UNSAFE_IN_JSON.search(text):
+            text = _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        return self.redactor.redact(text)
 
 
 class TextFormatter(logging.Formatter):
-    """The text format, with the record's timestamp on every line of it: a traceback or
-    gunicorn's configuration dump too."""
+    """The text format, with the record's timestamp on every line of it (a traceback,
+    gunicorn's configuration dump): a continuation line reads "<timestamp> | ...", which
+    no first line does. Control characters are escaped as \\xHH; every key is hidden."""
+
+    def __init__(self, fmt: str, redactor: Redactor | None = None):
+        super().__init__(fmt)
+        self.redactor = redactor or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = self.redactor.redact(super().format(record))
+        if _UNSAFE_IN_LINE.search(text):
+            text = _UNSAFE_IN_LINE.sub(_hex_escape, text)
         if "\n" not in text:
             return text
         first, *more = text.split("\n")
@@ -129,8 +198,10 @@ class TextFormatter(logging.Formatter):
         return "\n".join([first, *(f"{stamp} | {line}" for line in more)])
 
 
-def formatter(log_format: str, text: str = TEXT_FORMAT) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else TextFormatter(text)
+def formatter(
+    log_format: str, text: str = TEXT_FORMAT, redactor: Redactor | None = None
+) -> logging.Formatter:
+    return JsonFormatter(redactor) if log_format == "json" else TextFormatter(text, redactor)
 
 
 def configure(
@@ -141,8 +212,7 @@ def configure(
     built sets them."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.addFilter(RedactingFilter(secrets))
-    handler.setFormatter(formatter(log_format))
+    handler.setFormatter(formatter(log_format, TEXT_FORMAT, Redactor(secrets)))
     for old in list(logger.handlers):
         logger.removeHandler(old)
     logger.addHandler(handler)
@@ -159,38 +229,40 @@ class GunicornLogger(Logger):
         if log_format not in FORMATS:
             log_format = "text"  # the app refuses it at start, in one line
         error_text = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
-        redacting = RedactingFilter((os.environ.get("API_KEY", ""),))
+        self.redactor = Redactor((os.environ.get("API_KEY", ""),))
+        self.log_format = log_format
         for handler in self.error_log.handlers:
-            handler.setFormatter(formatter(log_format, error_text))
+            handler.setFormatter(formatter(log_format, error_text, self.redactor))
             handler.addFilter(DropRequestBytes())
-            handler.addFilter(redacting)
         for handler in self.access_log.handlers:
-            handler.setFormatter(formatter(log_format, "%(asctime)s %(message)s"))
-            handler.addFilter(redacting)
+            handler.setFormatter(formatter(log_format, "%(asctime)s %(message)s", self.redactor))
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
+        """One line a request: every field that a client wrote (path, query, method,
+        user agent, a forwarded address, the request id) with the keys hidden, and in the
+        text format escaped, so that it can neither show a key nor end the line."""
         if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
             return
-        request_id = next(
-            (value for name, value in resp.headers if name.lower() == "x-request-id"), "-"
-        )
-        path = redact(environ.get("PATH_INFO", ""))
-        query = redacted_query(environ.get("QUERY_STRING", ""))
-        duration_ms = round(request_time.total_seconds() * 1000, 3)
+        hide = self.redactor.redact
+        request_id = "-"
+        for name, value in resp.headers:
+            if name.lower() == "x-request-id":
+                request_id = hide(value)
+                break
         fields = {
-            "method": environ.get("REQUEST_METHOD", "-"),
-            "path": path,
-            "query": query,
-            "status": int(str(resp.status).split()[0]),
-            "duration_ms": duration_ms,
+            "method": hide(environ.get("REQUEST_METHOD", "-")),
+            "path": hide(wsgi_text(environ.get("PATH_INFO", ""))),
+            "query": redacted_query(environ.get("QUERY_STRING", ""), self.redactor.secrets),
+            "status": int(str(resp.status).split(None, 1)[0]),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "bytes": getattr(resp, "sent", None),
-            "remote_addr": environ.get("REMOTE_ADDR", "-"),
-            "user_agent": redact(environ.get("HTTP_USER_AGENT", "-")),
+            "remote_addr": hide(environ.get("REMOTE_ADDR", "-")),
+            "user_agent": hide(wsgi_text(environ.get("HTTP_USER_AGENT", "-"))),
         }
-        target = f"{path}?{query}" if query else path
+        target = fields["path"] + ("?" + fields["query"] if fields["query"] else "")
         message = (
-            f'{fields["remote_addr"]} "{fields["method"]} {target}" {fields["status"]}'
-            f" {fields['bytes']} {duration_ms:.3f}ms request_id={request_id}"
-            f' "{fields["user_agent"]}"'
+            f'{escaped(fields["remote_addr"])} "{escaped(fields["method"])} {escaped(target)}"'
+            f" {fields['status']} {fields['bytes']} {fields['duration_ms']:.3f}ms"
+            f' request_id={escaped(request_id)} "{escaped(fields["user_agent"])}"'
         )
         self.access_log.info(message, extra={"request_id": request_id, "fields": fields})

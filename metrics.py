@@ -5,8 +5,11 @@ Under gunicorn each worker writes its values to files in PROMETHEUS_MULTIPROC_DI
 prometheus_client's multiprocess mode. Elsewhere (the double, the test client) the
 process's own values are served.
 
-The route label is the route's pattern (`/api/v1/customers/<customer_id>`), never a raw
-path, so a customer_id never becomes a label; requests that match no route share one.
+Every label has a fixed set of values, whatever a client sends, so that no request can
+add a series: the route label is the route's pattern (`/api/v1/customers/<customer_id>`),
+never a raw path, so a customer_id never becomes a label, and requests that match no route
+share one; the method is one of HTTP's usual methods, any other (gunicorn and nginx pass
+made-up ones on) is `other`; the status is the one the app answered, from its own code.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -27,6 +31,9 @@ from prometheus_client import (
 )
 
 UNMATCHED = "unmatched"
+_STARTED = "customers.metrics_started"  # the request's arrival, in its WSGI environ
+OTHER_METHOD = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _CONVERTER = re.compile(r"<\w+:(\w+)>")  # "<customer_id:customer_id>" -> "<customer_id>"
 
 REQUESTS = Counter(
@@ -42,20 +49,37 @@ DURATION = Histogram(
 
 
 def instrument(app: Flask) -> None:
-    """Count and time every request of `app`, and serve `GET /metrics`."""
+    """Count and time every request of `app`, and serve `GET /metrics`.
 
-    @app.before_request
-    def start_clock() -> None:
-        g.metrics_started = time.perf_counter()
+    The clock starts when the request enters the app (a WSGI wrapper, cheaper than a
+    before_request hook) and stops in an after_request hook, which runs for every answer,
+    errors included. This runs on every request: each label set's two series are looked
+    up once, then kept (a bounded set, as every label is)."""
+    inner = app.wsgi_app
+
+    def timed(environ: dict, start_response: Any) -> Any:
+        environ[_STARTED] = time.perf_counter()
+        return inner(environ, start_response)
+
+    app.wsgi_app = timed  # type: ignore[method-assign]
+    series: dict[tuple[str, str | None, int], tuple[Any, Any]] = {}
 
     @app.after_request
     def count(response: Response) -> Response:
-        started = g.get("metrics_started")
-        rule = request.url_rule
-        route = _CONVERTER.sub(r"<\1>", rule.rule) if rule is not None else UNMATCHED
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        served = request._get_current_object()  # type: ignore[attr-defined]
+        method = served.method if served.method in METHODS else OTHER_METHOD
+        rule = served.url_rule
+        pattern = rule.rule if rule is not None else None
+        status = response.status_code
+        found = series.get((method, pattern, status))
+        if found is None:
+            route = _CONVERTER.sub(r"<\1>", pattern) if pattern is not None else UNMATCHED
+            found = (REQUESTS.labels(method, route, status), DURATION.labels(method, route))
+            series[(method, pattern, status)] = found
+        found[0].inc()
+        started = served.environ.get(_STARTED)
         if started is not None:
-            DURATION.labels(request.method, route).observe(time.perf_counter() - started)
+            found[1].observe(time.perf_counter() - started)
         return response
 
     app.add_url_rule(

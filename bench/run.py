@@ -2,6 +2,7 @@
 
     make bench         # the full run (about 5 minutes), writes bench/results.md and .png
     make bench-smoke   # a few seconds a profile, no scale runs: proves the bench still runs
+    make bench BASELINE=22bdb7c   # upserts, this checkout against that commit, alternately
 
 Everything talks to 127.0.0.1 only and every profile is bounded in time. The service
 runs under the project's own gunicorn.conf.py on SQLite, a fresh database per profile;
@@ -70,14 +71,15 @@ def free_port() -> int:
 
 
 class Server:
-    """gunicorn with the project's config, serving the service or the floor."""
+    """gunicorn with the project's config, serving the service or the floor (from `root`:
+    this checkout, or a baseline's copy)."""
 
-    def __init__(self, app: str, workdir: Path, env: dict[str, str]):
+    def __init__(self, app: str, workdir: Path, env: dict[str, str], root: Path = REPO):
         self.port = free_port()
         self.log = open(workdir / f"{app.split(':')[0]}-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"), app],
-            cwd=REPO,
+            [sys.executable, "-m", "gunicorn", "--config", str(root / "gunicorn.conf.py"), app],
+            cwd=root,
             env={**os.environ, **env, "BIND": f"127.0.0.1:{self.port}"},
             stdout=self.log,
             stderr=self.log,
@@ -132,7 +134,7 @@ def wrk(port: int, script: str, connections: int, seconds: float, env: dict) -> 
             "wrk",
             f"-t{threads}",
             f"-c{connections}",
-            f"-d{seconds}s",
+            f"-d{seconds:g}s",
             "--timeout",
             "10s",
             "-s",
@@ -282,6 +284,7 @@ def run_profile(
     stored: int,
     env: dict,
     postgres: Postgres | None = None,
+    root: Path = REPO,
 ) -> Result:
     with tempfile.TemporaryDirectory(prefix="customers-bench-") as tmp:
         workdir = Path(tmp)
@@ -301,7 +304,7 @@ def run_profile(
                 bulk_load_postgres(server_env["DATABASE_URL"], stored)
             else:
                 bulk_load(db, stored)
-        server = Server(app, workdir, server_env)
+        server = Server(app, workdir, server_env, root)
         try:
             pool = {"POOL": str(max(stored, 10_000))}
             wrk(server.port, script, connections, min(2, seconds), {**pool, **env})  # warm up
@@ -341,8 +344,18 @@ def main() -> None:
         metavar="PROFILE",
         help='run only the profiles whose name starts so (e.g. "upsert, 16 conns"), no report',
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="compare upserts (FULL and NORMAL) with this git revision (or a folder holding"
+        " a copy of the tree), alternately; no report",
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="with --baseline")
     args = parser.parse_args()
     ensure_wrk()
+    if args.baseline:
+        compare(args.baseline, args.rounds, args.seconds)
+        return
     seconds = 2 if args.smoke else args.seconds
     normal = {"SQLITE_SYNCHRONOUS": "NORMAL"}
     plan = [
@@ -401,6 +414,61 @@ def main() -> None:
         postgres.stop()
     if not args.only:
         report(results, args.smoke)
+
+
+def compare(rev: str, rounds: int, seconds: float) -> None:
+    """The upsert profile (16 connections, FULL then NORMAL) against `rev`'s service (its
+    own app and gunicorn.conf.py, from `git archive`, on this venv) and this checkout's,
+    alternately, `rounds` times each, the order swapped every round so that neither
+    always runs first. Prints each run, then both medians and their ratio: req/s, and the
+    workers' CPU time per request, the steadier figure on a busy machine."""
+    import statistics
+
+    with tempfile.TemporaryDirectory(prefix="customers-baseline-") as tmp:
+        root = Path(tmp)
+        if Path(rev).is_dir():  # a copy of the tree made by hand (an experiment)
+            root = Path(rev).resolve()
+        else:
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+        sides = {rev: root, "this checkout": REPO}
+        for profile, env in (("FULL", {}), ("NORMAL", {"SQLITE_SYNCHRONOUS": "NORMAL"})):
+            runs: dict[str, list[Result]] = {side: [] for side in sides}
+            for n in range(rounds):
+                order = list(sides) if n % 2 == 0 else list(sides)[::-1]
+                for side in order:
+                    result = run_profile(
+                        f"upsert, 16 conns, {profile}",
+                        SERVICE,
+                        "upsert.lua",
+                        16,
+                        seconds,
+                        0,
+                        env,
+                        root=sides[side],
+                    )
+                    runs[side].append(result)
+                    print(
+                        f"{profile:<7} round {n + 1} {side:<14} {result.rps:8.1f} req/s"
+                        f"  worker CPU {result.cpu_us:5.0f} us/req  errors {result.errors}",
+                        flush=True,
+                    )
+            medians = {
+                side: (
+                    statistics.median(r.rps for r in results),
+                    statistics.median(r.cpu_us for r in results),
+                )
+                for side, results in runs.items()
+            }
+            (base_rps, base_cpu), (rps, cpu) = medians[rev], medians["this checkout"]
+            print(
+                f"{profile}: median {rev} {base_rps:.1f} req/s, {base_cpu:.0f} us/req;"
+                f" this checkout {rps:.1f} req/s, {cpu:.0f} us/req;"
+                f" ratio {rps / base_rps:.3f}x req/s, {cpu / base_cpu:.3f}x CPU per request",
+                flush=True,
+            )
 
 
 def report(results: list[Result], smoke: bool) -> None:

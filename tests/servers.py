@@ -187,6 +187,7 @@ class Nginx:
             ("server 127.0.0.1:8000;", f"server 127.0.0.1:{self.upstream_port};"),
             ("listen 80;", f"listen {self.host}:{self.port};"),
             ("/var/log/nginx/customers.access.log", str(self.prefix / "customers.access.log")),
+            ("/var/log/nginx/customers.error.log", str(self.prefix / "customers.error.log")),
         ]:
             assert shipped.count(old) == 1, f"deploy/nginx.conf no longer has {old!r}"
             shipped = shipped.replace(old, new)

@@ -273,3 +273,42 @@ def test_copy_from_sqlite_to_postgres_keeps_everything(tmp_path, database_url):
     # A second copy into the now non-empty database is refused.
     again = old.test_cli_runner().invoke(args=["copy-to", database_url])
     assert again.exit_code != 0 and "not empty" in again.output
+
+
+def nginx_access_line(nginx: Nginx, request_id: str, timeout: float = 5) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = (nginx.prefix / "customers.access.log").read_text()
+        found = [line for line in text.splitlines() if f"request_id={request_id} " in line]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no nginx access line for {request_id}")
+
+
+def test_nginx_and_the_app_take_the_same_request_id(stack):
+    gunicorn, nginx = stack
+    minted_shape = "lk_" + "Q" * 43
+    for sent in ['abc def"x', "x" * 201, minted_shape, f"id-{minted_shape}", f"id-{API_KEY}"]:
+        reply = via_nginx(nginx, "GET", "/health", headers={"X-Request-Id": sent})
+        used = reply.headers["X-Request-Id"]
+        assert used != sent and re.fullmatch(r"[0-9a-f]{32}", used)
+        # The id the client got is the one both logs carry.
+        assert "/health" in access_line(gunicorn, used)
+        assert '"GET /health HTTP/1.1" 200' in nginx_access_line(nginx, used)
+    kept = via_nginx(nginx, "GET", "/health", headers={"X-Request-Id": "a.b_c:d@e/f+g=h-1"})
+    assert kept.headers["X-Request-Id"] == "a.b_c:d@e/f+g=h-1"
+    assert "upstream_status=200" in nginx_access_line(nginx, "a.b_c:d@e/f+g=h-1")
+    text = (nginx.prefix / "customers.access.log").read_text() + gunicorn.log_path.read_text()
+    assert API_KEY not in text and minted_shape not in text
+
+
+def test_nginx_logs_the_route_not_the_path(stack):
+    gunicorn, nginx = stack
+    headers = {**auth(), "X-Request-Id": "route-1"}
+    reply = via_nginx(nginx, "GET", "/api/v1/customers/secret%0Aforged?x=1", headers=headers)
+    assert reply.status == 404
+    line = nginx_access_line(nginx, "route-1")
+    assert '"GET /api/v1/customers/<customer_id> HTTP/1.1" 404' in line
+    assert "secret" not in line and "forged" not in line
+    assert "/api/v1/customers/secret\\x0aforged?x=1" in access_line(gunicorn, "route-1")

@@ -189,3 +189,38 @@ def test_backup_onto_an_existing_file_says_it_exists(app, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {existing} exists already; name a new file"
     assert existing.read_bytes() == b"keep me"
+
+
+def test_a_short_api_key_is_hidden_as_a_word_a_long_one_everywhere():
+    import logs
+
+    short = logs.Redactor(("test-key",))
+    assert short.redact("/api/v1/customers/test-key?q=test-key") == (
+        "/api/v1/customers/[redacted]?q=[redacted]"
+    )
+    assert short.redact("curl test-key") == "curl [redacted]"
+    assert short.redact("latest-keys my-test-key-2") == "latest-keys my-test-key-2"
+    one_letter = logs.Redactor(("a",))
+    assert one_letter.redact("GET /health a") == "GET /health [redacted]"
+    long_key = logs.Redactor((API_KEY,))
+    assert long_key.redact(f"x{API_KEY}y") == "x[redacted]y"
+    assert long_key.holds_key(f"id-{API_KEY}") and not long_key.holds_key("id-1")
+    assert long_key.redact(MINTED_LOOKING + "z") == "[redacted]z"
+
+
+def test_every_format_escapes_what_would_end_or_forge_a_line():
+    import logging
+
+    import logs
+
+    record = logging.LogRecord(
+        "customers", logging.INFO, __file__, 1, "%s", ("a\rb\x1bc\u2028d\x85e",), None
+    )
+    record.request_id = "-"
+    text = logs.formatter("text").format(record)
+    assert text.endswith("customers: a\\x0db\\x1bc\\u2028d\\x85e")
+    line = logs.formatter("json").format(record)
+    assert len(line.splitlines()) == 1 and json.loads(line)["message"] == "a\rb\x1bc\u2028d\x85e"
+    record.args = ("first\nsecond",)
+    first, second = logs.formatter("text").format(record).split("\n")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \| second", second)
