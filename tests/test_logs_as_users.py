@@ -109,11 +109,7 @@ def test_text_lines_cannot_be_forged(installed, tmp_path):
 
 
 def test_made_up_methods_add_no_series(installed, tmp_path):
-    # PROMETHEUS_MULTIPROC_DIR is one of the README's settings; named here so that this
-    # test is about the labels, whichever folder serve picks by itself.
-    env = installed.env(
-        tmp_path / "home", API_KEY=API_KEY, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics")
-    )
+    env = installed.env(tmp_path / "home", API_KEY=API_KEY)  # serve picks the metrics folder
     rng = random.Random(19)
     paths = ["/health", "/api/v1/customers", "/api/v1/customers/c", "/x"]
     with installed.serve(tmp_path, env, workers=2) as served:
