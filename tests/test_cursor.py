@@ -6,10 +6,8 @@ nothing and opens only for the organization (and the database) that made it."""
 from __future__ import annotations
 
 import base64
-import os
 import random
 import struct
-import subprocess
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -301,19 +299,6 @@ def test_a_deep_cursor_page_reads_from_where_it_stands(app, client, per_page):
 
 
 def test_the_readme_cursor_recipe_prints_its_answer(customers_double, tmp_path):
-    from tests.test_double import readme_recipe
+    from tests.test_double import run_shell_recipe
 
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_recipe("cursor")],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "LAGO_URL": customers_double.url,
-            "LAGO_API_KEY": customers_double.api_key,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == readme_recipe("cursor-answer")
+    run_shell_recipe("cursor", customers_double, tmp_path)

@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -294,6 +295,28 @@ def readme_recipe(name: str) -> str:
     match = re.search(rf"<!-- recipe: {name} -->\s*```\w+\n(.*?)```", readme, re.DOTALL)
     assert match, f"README has no recipe {name!r}"
     return match.group(1)
+
+
+def run_shell_recipe(recipe: str, double: Any, cwd: Path) -> str:
+    """Run a README shell recipe, as written, against `double` (`$LAGO_URL`,
+    `$LAGO_API_KEY`), in an environment holding only those, PATH and HOME as a user's
+    shell would; its output, which must be the recipe `<recipe>-answer`."""
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", readme_recipe(recipe)],
+        cwd=cwd,
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(cwd),
+            "LAGO_URL": double.url,
+            "LAGO_API_KEY": double.api_key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == readme_recipe(f"{recipe}-answer")
+    return result.stdout
 
 
 def run_recipe_tests(tmp_path: Path, recipe: str, passed: int) -> None:

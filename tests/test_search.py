@@ -5,9 +5,7 @@ organizations kept apart; writes seen at once; the index built by the upgrade.""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
@@ -499,22 +497,9 @@ def test_a_role_that_may_not_create_pg_trgm_is_told_what_to_run(postgres, databa
 
 
 def test_the_readme_search_recipe_prints_its_answer(customers_double, tmp_path):
-    from tests.test_double import readme_recipe
+    from tests.test_double import run_shell_recipe
 
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", readme_recipe("search")],
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "LAGO_URL": customers_double.url,
-            "LAGO_API_KEY": customers_double.api_key,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == readme_recipe("search-answer")
+    run_shell_recipe("search", customers_double, tmp_path)
 
 
 def test_the_openapi_document_lists_the_parameters_as_the_contract_spells_them():
