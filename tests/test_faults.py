@@ -224,6 +224,23 @@ def test_a_malformed_registration_is_400(port, body, message):
     )
 
 
+def test_a_lone_surrogate_is_answered_as_json_escapes_never_a_500(port):
+    """JSON spells a lone surrogate (`\\ud800`), which UTF-8 cannot carry: refused or
+    kept, it is written back as JSON's escape, and the listing still answers."""
+    headers = {"Content-Type": "application/json"}
+    body = b'{"fault": {"status": 500, "\\udfff": 1}}'
+    reply = request(port, "POST", "/_double/faults", body, headers)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"\udfff": ["value_is_invalid"]})
+    assert b'"\\udfff"' in reply.body
+    body = b'{"fault": {"path": "/\\ud800", "status": 500}}'
+    assert request(port, "POST", "/_double/faults", body, headers).status == 201
+    listing = request(port, "GET", "/_double/faults")
+    assert listing.status == 200
+    [listed] = listing.json()["faults"]
+    assert listed["path"] == "/\ud800"
+    listing.body.decode("utf-8")  # strict UTF-8 all through
+
+
 # --- What a fault does ----------------------------------------------------------------------
 
 

@@ -357,6 +357,26 @@ def test_verify_route_names_every_bad_field_at_once(customers_double):
         customers_double.assert_request_made(path="no-slash")
 
 
+def test_lone_surrogates_are_verified_and_written_back_as_json_escapes(customers_double):
+    """A client may send JSON's `\\ud800` (a lone surrogate, which UTF-8 cannot carry):
+    it is recorded, matched and shown as that escape, never a 500."""
+    port = port_of(customers_double)
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    body = b'{"customer": {"customer_id": "c-1", "name": "A"}, "note": "\\ud800"}'
+    assert request(port, "POST", "/api/v1/customers", body, sent).status == 200
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", b'{"json": {"note": "\\ud800"}}', json_type)
+    assert (reply.status, reply.json()["matches"][0]["body"]["note"]) == (200, "\ud800")
+    reply = request(port, "POST", "/_double/verify", b'{"method": "DELETE"}', json_type)
+    assert reply.status == 422
+    assert reply.json()["near_misses"][0]["request"]["body"]["note"] == "\ud800"
+    reply.body.decode("utf-8")  # strict UTF-8
+    reply = request(port, "POST", "/_double/verify", b'{"path": "/\\udfff"}', json_type)
+    assert (reply.status, reply.json()["wanted"]) == (422, {"path": "/\udfff"})
+    reply = request(port, "POST", "/_double/verify", b'{"\\udfff": 1}', json_type)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"\udfff": ["value_is_invalid"]})
+
+
 # --- Strict teardown -------------------------------------------------------------------------
 
 STRICT_SUITE = """
