@@ -29,6 +29,7 @@ BODY_BYTES = 16 * 1024  # the body, and the answer, each
 PATH_CHARS = 2048  # the path, and the query, each
 HEADERS_CHARS = 4096  # every header's name and value together
 METHOD_CHARS = 32
+JSON_DEPTH = 100  # objects and lists one inside another, at most
 REDACTED = logs.REDACTED
 # A secret this long is hidden wherever it appears; a shorter one (a test's "Bearer a")
 # only where it stands alone, between characters that are not letters or digits: hiding
@@ -90,9 +91,25 @@ def _is_json(data: bytes | None) -> bool:
     if not data:
         return False
     try:
-        schemas.decode_json(data)
+        return not too_deep(schemas.decode_json(data))
     except schemas.BadPayload:
         return False
+
+
+def too_deep(value: Any) -> bool:
+    """Whether more than JSON_DEPTH objects and lists nest in `value`. Such JSON is text to
+    the double: comparing, redacting or writing it again would recurse past Python's limit.
+    Checked a level at a time, without recursion."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(JSON_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
     return True
 
 

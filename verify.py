@@ -27,6 +27,7 @@ from recording import (
     Redactor,
     masked,
     secret_digest,
+    too_deep,
 )
 
 FIELDS = ("method", "path", "query", "headers", "json", "status", "count")
@@ -129,6 +130,8 @@ def _headers(expected: Expected, value: Any) -> bool:
 
 
 def _json(expected: Expected, value: Any) -> bool:
+    if too_deep(value):
+        return False
     expected.json, expected.has_json = value, True
     return True
 

@@ -377,6 +377,27 @@ def test_lone_surrogates_are_verified_and_written_back_as_json_escapes(customers
     assert (reply.status, reply.json()["error_details"]) == (422, {"\udfff": ["value_is_invalid"]})
 
 
+def test_json_nested_past_100_levels_is_text_to_the_double_never_a_500(customers_double):
+    """A body nested deeper than 100 levels is recorded as text, and a verification's
+    `json` that deep is refused: neither makes a verification answer 500."""
+    port = port_of(customers_double)
+    deep = '{"a":' * 960 + "1" + "}" * 960
+    body = '{"customer": {"customer_id": "c-1", "name": "A"}, "extra": ' + deep + "}"
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    assert request(port, "POST", "/api/v1/customers", body.encode(), sent).status == 200
+    status, answer = verify(customers_double, method="DELETE")
+    assert (status, answer["near_misses"][0]["request"]["body"]) == (422, body)
+    [call] = customers_double.calls("POST")
+    assert (call.json, call.body) == (None, body)
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", ('{"json": ' + deep + "}").encode(), json_type)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"json": ["value_is_invalid"]})
+    inner = json.loads('{"a":' * 97 + "[1]" + "}" * 97)  # in two objects: 100 levels
+    upsert(customers_double, {"customer_id": "c-2", "name": "B", "extra": inner})
+    [match] = customers_double.assert_request_made(json={"customer": {"extra": inner}})
+    assert match.json["customer"]["extra"] == inner
+
+
 # --- Strict teardown -------------------------------------------------------------------------
 
 STRICT_SUITE = """
