@@ -591,6 +591,23 @@ def test_hostile_requests_are_shown_as_text_on_the_doubles_page(browser, the_dou
         browser.switch_to.alert.text  # noqa: B018
 
 
+@pytest.mark.sqlite_only
+def test_copy_as_curl_quotes_a_hostile_method(browser, the_double, tmp_path):
+    """A method is any HTTP token, and a token may hold `` ` ``, `$` and `'`: pasted into
+    a shell, the command sends that method again and runs nothing of it."""
+    open_double_page(browser, the_double)
+    method = "X`touch$IFS'pwned'`"
+    assert send(the_double.url, method, "/api/v1/customers") == 405
+    wait(browser, lambda: len(logged(browser)) == 1)
+    browser.find_element(By.CSS_SELECTOR, "#requests > li summary").click()
+    curl = browser.find_elements(By.CSS_SELECTOR, "#requests pre")[-1].text
+    assert curl.startswith("curl -sS -X 'X`touch$IFS'\\''pwned'\\''`' ")
+    ran = subprocess.run(["bash", "-c", curl], cwd=tmp_path, env={**os.environ, "API_KEY": ""})
+    assert ran.returncode == 0
+    assert list(tmp_path.iterdir()) == []
+    assert [r["method"] for r in the_double.requests()] == [method, method]
+
+
 # --- Both pages: size, layout, labels -------------------------------------------------
 
 
