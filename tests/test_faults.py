@@ -471,6 +471,42 @@ def test_memory_stays_under_200_mb_whatever_each_field_holds(tmp_path, capsys):
     assert peak < 200
 
 
+def test_memory_stays_under_200_mb_ranking_near_misses_of_1000_json_bodies(tmp_path, capsys):
+    """1,000 recorded bodies of 1,150 JSON leaves each (15 KB, kept as JSON), and a
+    verification whose 1,150 wanted leaves each differ in every one of them: only the 5
+    closest requests' differences are kept while ranking, not 1,150,000."""
+    flooded = Command(tmp_path)
+    try:
+        leaves = {f"f{n}": n for n in range(1_150)}
+        body = json.dumps({"customer": {"customer_id": "c-1", "name": "A"}, "k": leaves})
+        sent = {**AUTH, "Content-Type": "application/json"}
+        threads = [
+            threading.Thread(
+                target=lambda: [
+                    request(flooded.port, "POST", "/api/v1/customers", body.encode(), sent)
+                    for _ in range(250)
+                ]
+            )
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wanted = {"k": {name: -1 for name in leaves}}
+        verified = request(flooded.port, "POST", "/_double/verify", {"json": wanted})
+        peak = flooded.rss_mb("VmHWM")
+    finally:
+        assert flooded.stop() == 0
+    answer = verified.json()
+    assert (verified.status, answer["recorded"], len(answer["near_misses"])) == (422, 1000, 5)
+    assert len(answer["near_misses"][0]["differences"]) == 1_150
+    assert answer["near_misses"][0]["request"]["id"] == 1000  # the newer first among equals
+    with capsys.disabled():
+        print(f"\n  double peak RSS: {peak:.0f} MB ranking 1,000 near misses of 1,150 leaves")
+    assert peak < 200
+
+
 def test_a_short_key_is_redacted_only_where_it_stands_alone(port):
     body = {"customer": {"customer_id": "a", "name": "Acme a-b", "city": "Ka"}}
     request(port, "POST", "/api/v1/customers?q=a&banana=1", body, {"Authorization": "Bearer a"})
