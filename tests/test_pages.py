@@ -756,6 +756,16 @@ def test_the_doubles_page_is_served_with_the_security_headers(path):
 
 
 @pytest.mark.sqlite_only
+def test_the_doubles_page_without_its_slash_redirects_with_the_security_headers():
+    """`/_double` sends a browser to `/_double/` (whose assets are relative to it): an
+    answer with the page's headers and no HTML of its own, whatever the query holds."""
+    with double.serve() as running:
+        reply = request(int(running.url.rsplit(":", 1)[1]), "GET", "/_double?x=%3Cscript%3E")
+    assert (reply.status, reply.headers["Location"], reply.body) == (308, "/_double/", b"")
+    assert_page_headers(reply.headers)
+
+
+@pytest.mark.sqlite_only
 def test_the_command_prints_the_pages_address_after_its_ready_line(tmp_path):
     process = subprocess.Popen(
         [sys.executable, str(REPO / "double.py")],
