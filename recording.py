@@ -96,6 +96,17 @@ def _is_json(data: bytes | None) -> bool:
         return False
 
 
+def redacted_json(value: Any, redactor: Redactor) -> Any:
+    """Decoded JSON with every string, and every key, redacted."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {redactor.text(k): redacted_json(v, redactor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted_json(v, redactor) for v in value]
+    return value
+
+
 def too_deep(value: Any) -> bool:
     """Whether more than JSON_DEPTH objects and lists nest in `value`. Such JSON is text to
     the double: comparing, redacting or writing it again would recurse past Python's limit.
@@ -166,10 +177,24 @@ class Recorded:
             query_truncated=query_cut,
         )
         entry.body_is_json = not entry.body_truncated and _is_json(entry.body)
+        if entry.body_is_json and b"\\" in kept:
+            entry._hide_escaped_secrets(redactor)
         if not path_cut:
             entry.segments = _segments(environ, redactor)
         entry._take_headers(environ, redactor, salt)
         return entry
+
+    def _hide_escaped_secrets(self, redactor: Redactor) -> None:
+        """JSON may spell a secret with escapes (`\\u002d`, PHP's `\\/`), which redacting
+        the bytes cannot see: such a body is written again from its values, redacted (as
+        ASCII, a lone surrogate staying an escape), and cut if that makes it too long."""
+        value = schemas.decode_json(self.body or b"")
+        hidden = redacted_json(value, redactor)
+        if hidden == value:
+            return
+        data = json.dumps(hidden, separators=(",", ":")).encode()
+        self.body, self.body_truncated = data[:BODY_BYTES], len(data) > BODY_BYTES
+        self.body_is_json = not self.body_truncated
 
     def _take_headers(self, environ: dict[str, Any], redactor: Redactor, salt: bytes) -> None:
         budget = HEADERS_CHARS

@@ -26,6 +26,7 @@ from recording import (
     Recorded,
     Redactor,
     masked,
+    redacted_json,
     secret_digest,
     too_deep,
 )
@@ -209,7 +210,7 @@ class Matcher:
     def __init__(self, expected: Expected, salt: bytes, redactor: Redactor):
         self.expected = expected
         self.redactor = redactor
-        self.json = _redacted(expected.json, redactor)
+        self.json = redacted_json(expected.json, redactor)
         self.json_leaves = _leaves(self.json)
         self.query = expected.query
         if isinstance(expected.query, str):
@@ -339,7 +340,7 @@ def _shown_parameter(name: str, value: str, redactor: Redactor) -> str:
 
 def _shown_wanted(given: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     """The fields a test gave, as a failure shows them: keys hidden, secret headers masked."""
-    shown = _redacted(given, redactor)
+    shown = redacted_json(given, redactor)
     if isinstance(given.get("headers"), dict):
         shown["headers"] = {
             name: None if value is None else _shown_header(name, value, redactor)
@@ -400,16 +401,6 @@ def same(a: Any, b: Any) -> bool:
             and all(same(x, y) for x, y in zip(a, b, strict=True))
         )
     return type(a) is type(b) and a == b
-
-
-def _redacted(value: Any, redactor: Redactor) -> Any:
-    if isinstance(value, str):
-        return redactor.text(value)
-    if isinstance(value, dict):
-        return {redactor.text(k): _redacted(v, redactor) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, redactor) for v in value]
-    return value
 
 
 # --- The verdict over the whole log ---------------------------------------------------------

@@ -404,6 +404,30 @@ def test_keys_are_never_recorded_wherever_they_were_put(port):
     assert first["body"]["customer"]["name"] == "[redacted] and [redacted]"
 
 
+def test_a_key_spelt_with_json_escapes_is_not_recorded_either(port):
+    """JSON may spell any character as an escape (PHP writes `/` as `\\/`, ensure_ascii
+    writes `é` as `\\u00e9`): a body holding a key so spelt is recorded with it hidden."""
+    minted = "lk_" + "B" * 43
+    spelt = "".join(f"\\u{ord(c):04x}" for c in KEY)  # every character escaped
+    body = (
+        f'{{"customer": {{"customer_id": "k", "name": "{spelt}",'
+        f' "note": "lk\\u005f{minted[3:]}"}}}}'
+    ).encode()
+    sent = {**AUTH, "Content-Type": "application/json"}
+    assert request(port, "POST", "/api/v1/customers", body, sent).status == 200
+    [entry] = recorded(port)
+    hidden = {"customer_id": "k", "name": "[redacted]", "note": "[redacted]"}
+    assert entry["body"]["customer"] == hidden
+    assert KEY not in json.dumps(entry, ensure_ascii=False) and minted[3:] not in str(entry)
+    status, answer = verify_json(port, {"customer": {"customer_id": "k"}})
+    assert (status, answer["matches"][0]["body"]["customer"]) == (200, hidden)
+
+
+def verify_json(port: int, wanted: dict) -> tuple[int, dict]:
+    reply = request(port, "POST", "/_double/verify", {"json": wanted})
+    return reply.status, reply.json()
+
+
 def test_long_bodies_are_kept_cut_short_and_marked(port):
     padding = "p" * 20_000
     body = {"customer": {"customer_id": "long", "name": "Long", "pad": padding}}
