@@ -12,13 +12,20 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import double
 from tests.support import REPO, request
 from tests.test_double import SEED, readme_recipe
+from tests.test_fuzz import any_text, fuzz, json_value
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
+
+
+# What POST /_double/verify takes.
+FIELDS = ["method", "path", "query", "headers", "json", "status", "count"]
 
 
 def port_of(double) -> int:
@@ -396,6 +403,48 @@ def test_json_nested_past_100_levels_is_text_to_the_double_never_a_500(customers
     upsert(customers_double, {"customer_id": "c-2", "name": "B", "extra": inner})
     [match] = customers_double.assert_request_made(json={"customer": {"extra": inner}})
     assert match.json["customer"]["extra"] == inner
+
+
+# Text a verification meets at its edges: lone surrogates, braces, NUL, a key's shape.
+edge_text = st.lists(
+    st.sampled_from(["\ud800", "\udfff", "a", "/", "{x}", "\\", "\x00", "lk_"]), max_size=6
+).map("".join)
+edge_json = st.recursive(
+    json_value | edge_text,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(any_text | edge_text, inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@fuzz
+@given(
+    recorded=edge_json,
+    criteria=st.dictionaries(st.sampled_from(FIELDS) | edge_text, edge_json, max_size=4),
+)
+def test_any_verification_of_any_recorded_body_is_answered_never_a_500(
+    customers_double, recorded, criteria
+):
+    customers_double.reset()
+    port = port_of(customers_double)
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    request(port, "POST", "/api/v1/customers", json.dumps(recorded).encode(), sent)
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", json.dumps(criteria).encode(), json_type)
+    assert reply.status in (200, 422), reply.body
+    reply.body.decode("utf-8")  # strict UTF-8
+    assert set(reply.json()) <= {
+        "matches",
+        "status",
+        "error",
+        "message",
+        "error_details",
+        "wanted",
+        "matched",
+        "recorded",
+        "near_misses",
+    }
 
 
 # --- Strict teardown -------------------------------------------------------------------------
