@@ -18,9 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support import REPO, Reply, request
 from tests.test_double import run_recipe_tests
+from tests.test_fuzz import fuzz
+from tests.test_verify import edge_json, edge_text
 
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
 
@@ -239,6 +243,21 @@ def test_a_lone_surrogate_is_answered_as_json_escapes_never_a_500(port):
     [listed] = listing.json()["faults"]
     assert listed["path"] == "/\ud800"
     listing.body.decode("utf-8")  # strict UTF-8 all through
+
+
+FAULT_KEYS = ["method", "path", "status", "headers", "delay_ms", "action", "times"]
+
+
+@fuzz
+@given(definition=st.dictionaries(st.sampled_from(FAULT_KEYS) | edge_text, edge_json, max_size=5))
+def test_any_fault_definition_is_answered_and_listed_never_a_500(port, definition):
+    request(port, "DELETE", "/_double/faults")
+    reply = add_fault(port, **definition)
+    assert reply.status in (201, 400, 422), reply.body
+    listing = request(port, "GET", "/_double/faults")
+    assert listing.status == 200
+    listing.body.decode("utf-8")  # strict UTF-8
+    assert len(listing.json()["faults"]) == (reply.status == 201)
 
 
 # --- What a fault does ----------------------------------------------------------------------
