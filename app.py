@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
 from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import (
@@ -140,6 +141,24 @@ def startup_line(environ: Mapping[str, str], workers: int) -> str:
         f"customers-registry {__version__} starting: database {masked_url(settings.database_url)},"
         f" {workers} workers, API_KEY setting {active}"
     )
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Answers in UTF-8 as written (not `\\u` escapes), in the contract's key order. A
+    lone surrogate, which a client may send as JSON's `\\ud800` and UTF-8 cannot carry,
+    is written back as that escape: echoing it never fails the answer."""
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        if _SURROGATE.search(text):
+            return super().dumps(obj, **{**kwargs, "ensure_ascii": True})
+        return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- Errors -----------------------------------------------------------------------------
@@ -347,8 +366,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # keep the contract's key order
-    app.json.ensure_ascii = False
+    app.json = JSONProvider(app)
     app.url_map.merge_slashes = False  # a customer_id may hold "//"
     app.url_map.converters["customer_id"] = CustomerIdConverter
     if settings.trust_proxy:

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -22,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 from typing import Any
-from urllib.parse import quote, urlparse, urlsplit, urlunsplit
+from urllib.parse import quote, urlparse, urlsplit
 
 from peewee import Database, DatabaseProxy, OperationalError
 from playhouse.db_url import parseresult_to_dict
@@ -138,11 +139,16 @@ def open_database(
 
 def masked_url(url: str) -> str:
     """A database URL fit for a log line or a message: the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    base, mark, query = url.partition("?")
+    parts = urlsplit(base)
+    if parts.password is not None:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        base = base.replace(parts.netloc, netloc, 1)
+    # The query's parameters go to the driver as settings: `?password=` is one too.
+    return base + mark + _PASSWORD_PARAMETER.sub(r"\1***", query)
+
+
+_PASSWORD_PARAMETER = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 # --- SQLite files: made owner-only, and checked before use ------------------------------

@@ -57,6 +57,21 @@ def register_double_page(app: Flask) -> None:
     """Serve the double's page at `/_double/` and its assets under `/_double/assets/`."""
     shared = {f"/_double/assets/{name}": name for name in SHARED}
     _register(app, {**DOUBLE_FILES, **shared}, "double_page")
+    # Without its slash, the page's relative assets would miss: send the browser on, with
+    # the page's headers rather than Werkzeug's own HTML redirect (which has none).
+    app.add_url_rule(
+        "/_double",
+        endpoint="double_page_redirect",
+        view_func=_to_double_page,
+        methods=["GET"],
+        provide_automatic_options=False,
+    )
+
+
+def _to_double_page() -> Response:
+    response = Response(status=308, headers={"Location": "/_double/", **SECURITY_HEADERS})
+    response.autocorrect_location_header = False
+    return response
 
 
 class StaticFile:

@@ -29,6 +29,7 @@ BODY_BYTES = 16 * 1024  # the body, and the answer, each
 PATH_CHARS = 2048  # the path, and the query, each
 HEADERS_CHARS = 4096  # every header's name and value together
 METHOD_CHARS = 32
+JSON_DEPTH = 100  # objects and lists one inside another, at most
 REDACTED = logs.REDACTED
 # A secret this long is hidden wherever it appears; a shorter one (a test's "Bearer a")
 # only where it stands alone, between characters that are not letters or digits: hiding
@@ -90,9 +91,36 @@ def _is_json(data: bytes | None) -> bool:
     if not data:
         return False
     try:
-        schemas.decode_json(data)
+        return not too_deep(schemas.decode_json(data))
     except schemas.BadPayload:
         return False
+
+
+def redacted_json(value: Any, redactor: Redactor) -> Any:
+    """Decoded JSON with every string, and every key, redacted."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {redactor.text(k): redacted_json(v, redactor) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted_json(v, redactor) for v in value]
+    return value
+
+
+def too_deep(value: Any) -> bool:
+    """Whether more than JSON_DEPTH objects and lists nest in `value`. Such JSON is text to
+    the double: comparing, redacting or writing it again would recurse past Python's limit.
+    Checked a level at a time, without recursion."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(JSON_DEPTH):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
     return True
 
 
@@ -149,10 +177,24 @@ class Recorded:
             query_truncated=query_cut,
         )
         entry.body_is_json = not entry.body_truncated and _is_json(entry.body)
+        if entry.body_is_json and b"\\" in kept:
+            entry._hide_escaped_secrets(redactor)
         if not path_cut:
             entry.segments = _segments(environ, redactor)
         entry._take_headers(environ, redactor, salt)
         return entry
+
+    def _hide_escaped_secrets(self, redactor: Redactor) -> None:
+        """JSON may spell a secret with escapes (`\\u002d`, PHP's `\\/`), which redacting
+        the bytes cannot see: such a body is written again from its values, redacted (as
+        ASCII, a lone surrogate staying an escape), and cut if that makes it too long."""
+        value = schemas.decode_json(self.body or b"")
+        hidden = redacted_json(value, redactor)
+        if hidden == value:
+            return
+        data = json.dumps(hidden, separators=(",", ":")).encode()
+        self.body, self.body_truncated = data[:BODY_BYTES], len(data) > BODY_BYTES
+        self.body_is_json = not self.body_truncated
 
     def _take_headers(self, environ: dict[str, Any], redactor: Redactor, salt: bytes) -> None:
         budget = HEADERS_CHARS

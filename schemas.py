@@ -272,6 +272,7 @@ class ListFilters:
 # Lago's names; each list is also read in its plain repeated form (`countries=US`).
 # No count limit of their own: the request line's (8 KiB) bounds them.
 FILTER_LISTS = ("countries", "states", "zipcodes")
+SCALAR_PARAMETERS = ("search_term", "page", "per_page", "cursor")
 
 
 def load_list_filters(args: Any) -> ListFilters:
@@ -334,6 +335,11 @@ def load_list_params(args: Any) -> tuple[int, int, ListFilters, str | None]:
         filters = load_list_filters(args)
     except ValidationError as exc:
         errors.update(exc.messages)  # type: ignore[arg-type]
+    # A one-value parameter in the list form (`search_term[]=...`) is refused, not left
+    # out: a filter, page or cursor ignored would answer other customers than asked.
+    for name in SCALAR_PARAMETERS:
+        if f"{name}[]" in args:
+            errors[name] = [INVALID]
     if errors:
         raise ValidationError(errors)
     return page, per_page, filters, cursor

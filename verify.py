@@ -26,7 +26,9 @@ from recording import (
     Recorded,
     Redactor,
     masked,
+    redacted_json,
     secret_digest,
+    too_deep,
 )
 
 FIELDS = ("method", "path", "query", "headers", "json", "status", "count")
@@ -129,6 +131,8 @@ def _headers(expected: Expected, value: Any) -> bool:
 
 
 def _json(expected: Expected, value: Any) -> bool:
+    if too_deep(value):
+        return False
     expected.json, expected.has_json = value, True
     return True
 
@@ -206,7 +210,7 @@ class Matcher:
     def __init__(self, expected: Expected, salt: bytes, redactor: Redactor):
         self.expected = expected
         self.redactor = redactor
-        self.json = _redacted(expected.json, redactor)
+        self.json = redacted_json(expected.json, redactor)
         self.json_leaves = _leaves(self.json)
         self.query = expected.query
         if isinstance(expected.query, str):
@@ -336,7 +340,7 @@ def _shown_parameter(name: str, value: str, redactor: Redactor) -> str:
 
 def _shown_wanted(given: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     """The fields a test gave, as a failure shows them: keys hidden, secret headers masked."""
-    shown = _redacted(given, redactor)
+    shown = redacted_json(given, redactor)
     if isinstance(given.get("headers"), dict):
         shown["headers"] = {
             name: None if value is None else _shown_header(name, value, redactor)
@@ -399,16 +403,6 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _redacted(value: Any, redactor: Redactor) -> Any:
-    if isinstance(value, str):
-        return redactor.text(value)
-    if isinstance(value, dict):
-        return {redactor.text(k): _redacted(v, redactor) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, redactor) for v in value]
-    return value
-
-
 # --- The verdict over the whole log ---------------------------------------------------------
 
 
@@ -462,7 +456,10 @@ def verify(
     """Compare every record; keep the matches (oldest first) and the NEAR_MISSES closest
     others (closest first; the newer first among equals)."""
     matches: list[Recorded] = []
-    misses: list[tuple[float, int, Recorded, Comparison]] = []
+    # The NEAR_MISSES closest so far, as a heap whose top is the farthest of them: the
+    # differences of the others are dropped as the pass goes (1,000 records of 1,000
+    # differing leaves each would otherwise be a million objects held at once).
+    closest: list[tuple[float, int, Recorded, Comparison]] = []
     matcher = Matcher(expected, salt, redactor)
     criteria = {key for key in expected.given if key != "count"}
     met_somewhere: set[str] = set()
@@ -471,12 +468,17 @@ def verify(
         recorded += 1
         comparison = matcher.compare(entry)
         met_somewhere |= criteria - comparison.failed
-        if comparison.failed:
-            misses.append((comparison.distance, -entry.id, entry, comparison))
-        else:
+        if not comparison.failed:
             matches.append(entry)
-    closest = heapq.nsmallest(NEAR_MISSES, misses, key=lambda miss: (miss[0], miss[1]))
+            continue
+        # Negated, so that the heap's top is the farthest (the older among equals); ids
+        # are unique, so tuples never compare past them.
+        miss = (-comparison.distance, entry.id, entry, comparison)
+        if len(closest) < NEAR_MISSES:
+            heapq.heappush(closest, miss)
+        elif miss[:2] > closest[0][:2]:
+            heapq.heapreplace(closest, miss)
+    closest.sort(key=lambda miss: miss[:2], reverse=True)
     unmet = [key for key in FIELDS if key in criteria and key not in met_somewhere]
-    return Verdict(
-        expected, matches, [(entry, cmp) for _, _, entry, cmp in closest], unmet, recorded
-    )
+    near = [(entry, comparison) for _, _, entry, comparison in closest]
+    return Verdict(expected, matches, near, unmet, recorded)

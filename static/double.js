@@ -61,7 +61,10 @@
   function curlCommand(record) {
     const path = record.path.split("/").map(encodeURIComponent).join("/");
     const url = location.origin + path + (record.query ? `?${record.query}` : "");
-    const parts = ["curl", "-sS", "-X", record.method, shellQuote(url)];
+    // A method is any HTTP token, and a token may hold ` $ ' | &: quoted unless plain.
+    const plain = /^[A-Za-z0-9_-]+$/.test(record.method);
+    const method = plain ? record.method : shellQuote(record.method);
+    const parts = ["curl", "-sS", "-X", method, shellQuote(url)];
     if (record.path.startsWith("/api/")) {
       // The key is never recorded: the command reads yours from $API_KEY.
       parts.push("-H", '"Authorization: Bearer $API_KEY"');

@@ -251,6 +251,12 @@ def test_a_cursor_with_page_is_a_422(app, client):
     assert both == {"page": ["value_is_invalid"], "cursor": ["value_is_invalid"]}
 
 
+def test_a_cursor_in_the_list_form_is_a_422_not_a_walk_from_the_start(app, client):
+    seed(app, 3, seconds=1)
+    cursor = get(client, "per_page=1").get_json()["meta"]["next_cursor"]
+    assert get(client, f"per_page=1&cursor[]={cursor}").get_json() == INVALID
+
+
 def test_another_organizations_cursor_is_a_422_never_its_data(app, client):
     seed(app, 5, seconds=2)
     hooli = mint_key(app, "Hooli")

@@ -18,9 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support import REPO, Reply, request
 from tests.test_double import run_recipe_tests
+from tests.test_fuzz import fuzz
+from tests.test_verify import edge_json, edge_text
 
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
 
@@ -224,6 +228,38 @@ def test_a_malformed_registration_is_400(port, body, message):
     )
 
 
+def test_a_lone_surrogate_is_answered_as_json_escapes_never_a_500(port):
+    """JSON spells a lone surrogate (`\\ud800`), which UTF-8 cannot carry: refused or
+    kept, it is written back as JSON's escape, and the listing still answers."""
+    headers = {"Content-Type": "application/json"}
+    body = b'{"fault": {"status": 500, "\\udfff": 1}}'
+    reply = request(port, "POST", "/_double/faults", body, headers)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"\udfff": ["value_is_invalid"]})
+    assert b'"\\udfff"' in reply.body
+    body = b'{"fault": {"path": "/\\ud800", "status": 500}}'
+    assert request(port, "POST", "/_double/faults", body, headers).status == 201
+    listing = request(port, "GET", "/_double/faults")
+    assert listing.status == 200
+    [listed] = listing.json()["faults"]
+    assert listed["path"] == "/\ud800"
+    listing.body.decode("utf-8")  # strict UTF-8 all through
+
+
+FAULT_KEYS = ["method", "path", "status", "headers", "delay_ms", "action", "times"]
+
+
+@fuzz
+@given(definition=st.dictionaries(st.sampled_from(FAULT_KEYS) | edge_text, edge_json, max_size=5))
+def test_any_fault_definition_is_answered_and_listed_never_a_500(port, definition):
+    request(port, "DELETE", "/_double/faults")
+    reply = add_fault(port, **definition)
+    assert reply.status in (201, 400, 422), reply.body
+    listing = request(port, "GET", "/_double/faults")
+    assert listing.status == 200
+    listing.body.decode("utf-8")  # strict UTF-8
+    assert len(listing.json()["faults"]) == (reply.status == 201)
+
+
 # --- What a fault does ----------------------------------------------------------------------
 
 
@@ -387,6 +423,30 @@ def test_keys_are_never_recorded_wherever_they_were_put(port):
     assert first["body"]["customer"]["name"] == "[redacted] and [redacted]"
 
 
+def test_a_key_spelt_with_json_escapes_is_not_recorded_either(port):
+    """JSON may spell any character as an escape (PHP writes `/` as `\\/`, ensure_ascii
+    writes `é` as `\\u00e9`): a body holding a key so spelt is recorded with it hidden."""
+    minted = "lk_" + "B" * 43
+    spelt = "".join(f"\\u{ord(c):04x}" for c in KEY)  # every character escaped
+    body = (
+        f'{{"customer": {{"customer_id": "k", "name": "{spelt}",'
+        f' "note": "lk\\u005f{minted[3:]}"}}}}'
+    ).encode()
+    sent = {**AUTH, "Content-Type": "application/json"}
+    assert request(port, "POST", "/api/v1/customers", body, sent).status == 200
+    [entry] = recorded(port)
+    hidden = {"customer_id": "k", "name": "[redacted]", "note": "[redacted]"}
+    assert entry["body"]["customer"] == hidden
+    assert KEY not in json.dumps(entry, ensure_ascii=False) and minted[3:] not in str(entry)
+    status, answer = verify_json(port, {"customer": {"customer_id": "k"}})
+    assert (status, answer["matches"][0]["body"]["customer"]) == (200, hidden)
+
+
+def verify_json(port: int, wanted: dict) -> tuple[int, dict]:
+    reply = request(port, "POST", "/_double/verify", {"json": wanted})
+    return reply.status, reply.json()
+
+
 def test_long_bodies_are_kept_cut_short_and_marked(port):
     padding = "p" * 20_000
     body = {"customer": {"customer_id": "long", "name": "Long", "pad": padding}}
@@ -451,6 +511,42 @@ def test_memory_stays_under_200_mb_whatever_each_field_holds(tmp_path, capsys):
     assert record["headers_truncated"] and sum(map(len, record["headers"].items())) <= 4096
     with capsys.disabled():
         print(f"\n  double peak RSS: {peak:.0f} MB after 600 flooding requests, listed")
+    assert peak < 200
+
+
+def test_memory_stays_under_200_mb_ranking_near_misses_of_1000_json_bodies(tmp_path, capsys):
+    """1,000 recorded bodies of 1,150 JSON leaves each (15 KB, kept as JSON), and a
+    verification whose 1,150 wanted leaves each differ in every one of them: only the 5
+    closest requests' differences are kept while ranking, not 1,150,000."""
+    flooded = Command(tmp_path)
+    try:
+        leaves = {f"f{n}": n for n in range(1_150)}
+        body = json.dumps({"customer": {"customer_id": "c-1", "name": "A"}, "k": leaves})
+        sent = {**AUTH, "Content-Type": "application/json"}
+        threads = [
+            threading.Thread(
+                target=lambda: [
+                    request(flooded.port, "POST", "/api/v1/customers", body.encode(), sent)
+                    for _ in range(250)
+                ]
+            )
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wanted = {"k": {name: -1 for name in leaves}}
+        verified = request(flooded.port, "POST", "/_double/verify", {"json": wanted})
+        peak = flooded.rss_mb("VmHWM")
+    finally:
+        assert flooded.stop() == 0
+    answer = verified.json()
+    assert (verified.status, answer["recorded"], len(answer["near_misses"])) == (422, 1000, 5)
+    assert len(answer["near_misses"][0]["differences"]) == 1_150
+    assert answer["near_misses"][0]["request"]["id"] == 1000  # the newer first among equals
+    with capsys.disabled():
+        print(f"\n  double peak RSS: {peak:.0f} MB ranking 1,000 near misses of 1,150 leaves")
     assert peak < 200
 
 

@@ -173,6 +173,46 @@ def test_any_page_parameters(client, app, page, per_page):
         assert set(response.get_json()) == {"customers", "meta"}
 
 
+# Search and filter values: any character (quote() sends a lone surrogate as the bytes
+# of no character, which the server reads as U+FFFD), short or past 255, or a word that
+# the search's own syntax uses.
+filter_text = any_text | st.text(max_size=300) | st.sampled_from(["%", "_", "\\", '"', "*", "OR"])
+filter_names = st.sampled_from(
+    [
+        "search_term",
+        "search_term[]",
+        "countries",
+        "countries[]",
+        "states[]",
+        "zipcodes",
+        "zipcodes[]",
+        "cursor",
+        "page",
+        "per_page[]",
+    ]
+)
+
+
+@fuzz
+@given(parameters=st.lists(st.tuples(filter_names, filter_text), max_size=8))
+def test_any_search_and_filter_parameters(client, app, parameters):
+    client.post(
+        "/api/v1/customers",
+        json={"customer": {"customer_id": "f-1", "name": "Ada", "country": "FR"}},
+        headers=auth(),
+    )
+    before = stored_customers(app)
+    query = "&".join(
+        f"{quote(name)}={quote(value.encode('utf-8', 'surrogatepass'), safe='')}"
+        for name, value in parameters
+    )
+    note(f"GET /api/v1/customers?{query}")
+    response = client.get("/api/v1/customers?" + query, headers=auth())
+    check(response, before, stored_customers(app), "GET")
+    if response.status_code == 200:
+        assert set(response.get_json()) == {"customers", "meta"}
+
+
 @fuzz
 @given(authorization=header_text, request_id=header_text, scheme=st.sampled_from(["", "Bearer "]))
 def test_any_authorization_and_request_id_headers(client, app, authorization, request_id, scheme):

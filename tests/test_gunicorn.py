@@ -229,6 +229,16 @@ def test_start_up_line_masks_the_database_password():
     assert "pa%40ss" not in line
 
 
+def test_start_up_line_masks_a_password_given_as_a_query_parameter():
+    """`?password=` is a password too: the URL's query goes to the driver as settings."""
+    import app
+
+    url = "postgresql://u@db:5432/c?sslmode=require&password=pa%40ss&PASSWORD=x"
+    line = app.startup_line({"DATABASE_URL": url}, workers=4)
+    assert "database postgresql://u@db:5432/c?sslmode=require&password=***&PASSWORD=***," in line
+    assert "pa%40ss" not in line
+
+
 def test_a_bad_setting_stops_gunicorn_with_one_line(tmp_path):
     result = refused_start({"MAX_BODY_BYTES": "abc", "DATABASE_URL": f"sqlite:///{tmp_path}/b.db"})
     assert result.returncode == 2

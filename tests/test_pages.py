@@ -574,6 +574,23 @@ def test_hostile_requests_are_shown_as_text_on_the_doubles_page(browser, the_dou
         browser.switch_to.alert.text  # noqa: B018
 
 
+@pytest.mark.sqlite_only
+def test_copy_as_curl_quotes_a_hostile_method(browser, the_double, tmp_path):
+    """A method is any HTTP token, and a token may hold `` ` ``, `$` and `'`: pasted into
+    a shell, the command sends that method again and runs nothing of it."""
+    open_double_page(browser, the_double)
+    method = "X`touch$IFS'pwned'`"
+    assert send(the_double.url, method, "/api/v1/customers") == 405
+    wait(browser, lambda: len(logged(browser)) == 1)
+    browser.find_element(By.CSS_SELECTOR, "#requests > li summary").click()
+    curl = browser.find_elements(By.CSS_SELECTOR, "#requests pre")[-1].text
+    assert curl.startswith("curl -sS -X 'X`touch$IFS'\\''pwned'\\''`' ")
+    ran = subprocess.run(["bash", "-c", curl], cwd=tmp_path, env={**os.environ, "API_KEY": ""})
+    assert ran.returncode == 0
+    assert list(tmp_path.iterdir()) == []
+    assert [r["method"] for r in the_double.requests()] == [method, method]
+
+
 # --- Both pages: size, layout, labels -------------------------------------------------
 
 
@@ -719,6 +736,16 @@ def test_the_doubles_page_is_served_with_the_security_headers(path):
         assert reply.status == 200
         assert_page_headers(reply.headers)
         assert running.requests() == []  # the page's own requests are not in the log
+
+
+@pytest.mark.sqlite_only
+def test_the_doubles_page_without_its_slash_redirects_with_the_security_headers():
+    """`/_double` sends a browser to `/_double/` (whose assets are relative to it): an
+    answer with the page's headers and no HTML of its own, whatever the query holds."""
+    with double.serve() as running:
+        reply = request(int(running.url.rsplit(":", 1)[1]), "GET", "/_double?x=%3Cscript%3E")
+    assert (reply.status, reply.headers["Location"], reply.body) == (308, "/_double/", b"")
+    assert_page_headers(reply.headers)
 
 
 @pytest.mark.sqlite_only

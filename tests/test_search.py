@@ -296,6 +296,9 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
         ("search_term=a%00b", {"search_term": ["value_is_invalid"]}),
         ("search_term=a%1Bb", {"search_term": ["value_is_invalid"]}),
         ("search_term=a&search_term=b", {"search_term": ["value_is_invalid"]}),
+        # A one-value parameter in the list form is never silently left out.
+        ("search_term[]=ada", {"search_term": ["value_is_invalid"]}),
+        ("page[]=2&per_page[]=1", {"page": ["value_is_invalid"], "per_page": ["value_is_invalid"]}),
         ("states[]=" + "s" * 256, {"states": ["value_is_too_long"]}),
         ("zipcodes=%07", {"zipcodes": ["value_is_invalid"]}),
         (

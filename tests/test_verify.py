@@ -12,13 +12,20 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import double
 from tests.support import REPO, request
 from tests.test_double import SEED, readme_recipe
+from tests.test_fuzz import any_text, fuzz, json_value
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.sqlite_only  # the double runs on its own SQLite file
+
+
+# What POST /_double/verify takes.
+FIELDS = ["method", "path", "query", "headers", "json", "status", "count"]
 
 
 def port_of(double) -> int:
@@ -355,6 +362,89 @@ def test_verify_route_names_every_bad_field_at_once(customers_double):
         assert reply.status == 400
     with pytest.raises(ValueError, match="invalid verification arguments: path"):
         customers_double.assert_request_made(path="no-slash")
+
+
+def test_lone_surrogates_are_verified_and_written_back_as_json_escapes(customers_double):
+    """A client may send JSON's `\\ud800` (a lone surrogate, which UTF-8 cannot carry):
+    it is recorded, matched and shown as that escape, never a 500."""
+    port = port_of(customers_double)
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    body = b'{"customer": {"customer_id": "c-1", "name": "A"}, "note": "\\ud800"}'
+    assert request(port, "POST", "/api/v1/customers", body, sent).status == 200
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", b'{"json": {"note": "\\ud800"}}', json_type)
+    assert (reply.status, reply.json()["matches"][0]["body"]["note"]) == (200, "\ud800")
+    reply = request(port, "POST", "/_double/verify", b'{"method": "DELETE"}', json_type)
+    assert reply.status == 422
+    assert reply.json()["near_misses"][0]["request"]["body"]["note"] == "\ud800"
+    reply.body.decode("utf-8")  # strict UTF-8
+    reply = request(port, "POST", "/_double/verify", b'{"path": "/\\udfff"}', json_type)
+    assert (reply.status, reply.json()["wanted"]) == (422, {"path": "/\udfff"})
+    reply = request(port, "POST", "/_double/verify", b'{"\\udfff": 1}', json_type)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"\udfff": ["value_is_invalid"]})
+
+
+def test_json_nested_past_100_levels_is_text_to_the_double_never_a_500(customers_double):
+    """A body nested deeper than 100 levels is recorded as text, and a verification's
+    `json` that deep is refused: neither makes a verification answer 500."""
+    port = port_of(customers_double)
+    deep = '{"a":' * 960 + "1" + "}" * 960
+    body = '{"customer": {"customer_id": "c-1", "name": "A"}, "extra": ' + deep + "}"
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    assert request(port, "POST", "/api/v1/customers", body.encode(), sent).status == 200
+    status, answer = verify(customers_double, method="DELETE")
+    assert (status, answer["near_misses"][0]["request"]["body"]) == (422, body)
+    [call] = customers_double.calls("POST")
+    assert (call.json, call.body) == (None, body)
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", ('{"json": ' + deep + "}").encode(), json_type)
+    assert (reply.status, reply.json()["error_details"]) == (422, {"json": ["value_is_invalid"]})
+    inner = json.loads('{"a":' * 97 + "[1]" + "}" * 97)  # in two objects: 100 levels
+    upsert(customers_double, {"customer_id": "c-2", "name": "B", "extra": inner})
+    [match] = customers_double.assert_request_made(json={"customer": {"extra": inner}})
+    assert match.json["customer"]["extra"] == inner
+
+
+# Text a verification meets at its edges: lone surrogates, braces, NUL, a key's shape.
+edge_text = st.lists(
+    st.sampled_from(["\ud800", "\udfff", "a", "/", "{x}", "\\", "\x00", "lk_"]), max_size=6
+).map("".join)
+edge_json = st.recursive(
+    json_value | edge_text,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(any_text | edge_text, inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@fuzz
+@given(
+    recorded=edge_json,
+    criteria=st.dictionaries(st.sampled_from(FIELDS) | edge_text, edge_json, max_size=4),
+)
+def test_any_verification_of_any_recorded_body_is_answered_never_a_500(
+    customers_double, recorded, criteria
+):
+    customers_double.reset()
+    port = port_of(customers_double)
+    sent = {**customers_double.headers, "Content-Type": "application/json"}
+    request(port, "POST", "/api/v1/customers", json.dumps(recorded).encode(), sent)
+    json_type = {"Content-Type": "application/json"}
+    reply = request(port, "POST", "/_double/verify", json.dumps(criteria).encode(), json_type)
+    assert reply.status in (200, 422), reply.body
+    reply.body.decode("utf-8")  # strict UTF-8
+    assert set(reply.json()) <= {
+        "matches",
+        "status",
+        "error",
+        "message",
+        "error_details",
+        "wanted",
+        "matched",
+        "recorded",
+        "near_misses",
+    }
 
 
 # --- Strict teardown -------------------------------------------------------------------------
