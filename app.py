@@ -318,7 +318,8 @@ def delete_customer(customer_id: str) -> Response:
 @auth.require_api_key
 def list_customers() -> Response:
     try:
-        page, per_page, filters, cursor = schemas.load_list_params(request.args)
+        query = request.query_string
+        page, per_page, filters, cursor = schemas.load_list_params(request.args, query)
         rows, total, next_cursor = models.list_customers(
             g.organization_id, page, per_page, filters, cursor
         )

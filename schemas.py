@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import pycountry
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
@@ -317,10 +318,28 @@ def _filter_text(value: str) -> tuple[str, str | None]:
     return value, None
 
 
-def load_list_params(args: Any) -> tuple[int, int, ListFilters, str | None]:
-    """`page`, `per_page`, the filters and the `cursor` of the list route; a
-    `ValidationError` names every bad parameter at once. Whether a cursor is genuine is
-    for the reader of the list to tell; here only that it comes without `page`."""
+def undecodable_parameters(query: bytes) -> dict[str, list[str]]:
+    """The list's parameters whose value in the raw query string is not UTF-8 once
+    percent-decoded (`search_term=%FF`), which a `MultiDict` would hold as U+FFFD and
+    search for: `value_is_invalid`, keyed by the parameter's name."""
+    known = (*SCALAR_PARAMETERS, *FILTER_LISTS)
+    errors: dict[str, list[str]] = {}
+    for pair in query.split(b"&"):
+        raw_name, _, raw_value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(raw_value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            name = unquote_to_bytes(raw_name).decode("utf-8", "replace").removesuffix("[]")
+            if name in known:
+                errors[name] = [INVALID]
+    return errors
+
+
+def load_list_params(args: Any, query: bytes = b"") -> tuple[int, int, ListFilters, str | None]:
+    """`page`, `per_page`, the filters and the `cursor` of the list route, from the
+    parsed query string and its raw bytes; a `ValidationError` names every bad parameter
+    at once. Whether a cursor is genuine is for the reader of the list to tell; here only
+    that it comes without `page`."""
     errors: dict[str, list[str]] = {}
     cursor = args.get("cursor")
     if cursor is not None and ("page" in args or not cursor):
@@ -340,6 +359,7 @@ def load_list_params(args: Any) -> tuple[int, int, ListFilters, str | None]:
     for name in SCALAR_PARAMETERS:
         if f"{name}[]" in args:
             errors[name] = [INVALID]
+    errors.update(undecodable_parameters(query))
     if errors:
         raise ValidationError(errors)
     return page, per_page, filters, cursor

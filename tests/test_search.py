@@ -301,6 +301,12 @@ def test_meta_counts_the_filtered_set_and_pages_past_the_end(client, people):
         ("page[]=2&per_page[]=1", {"page": ["value_is_invalid"], "per_page": ["value_is_invalid"]}),
         ("states[]=" + "s" * 256, {"states": ["value_is_too_long"]}),
         ("zipcodes=%07", {"zipcodes": ["value_is_invalid"]}),
+        # Not UTF-8: never read as U+FFFD and searched for.
+        ("search_term=%FF", {"search_term": ["value_is_invalid"]}),
+        (
+            "countries[]=%C0%AF&states=%E9t%E9",
+            {"countries": ["value_is_invalid"], "states": ["value_is_invalid"]},
+        ),
         (
             "countries=XX&search_term=%01&page=0",
             {
