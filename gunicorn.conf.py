@@ -3,10 +3,13 @@
 Every value can be overridden from the environment (names below) or on the command line.
 """
 
+import contextlib
 import http
 import json
 import os
+import queue
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
@@ -116,6 +119,38 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     in_memory = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
     made_metrics_dir = tempfile.mkdtemp(prefix="customers-metrics-", dir=in_memory)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
+
+
+# A worker keeps the master's signal handlers from the fork until gunicorn installs its
+# own (init_process): a SIGTERM in between, as when the service is stopped while a worker
+# boots, went to the master's queue in the worker's copy of it, which nothing reads, and
+# the worker served on until the master killed it at the graceful timeout (30 s). So a
+# stop signal that reaches a booting worker is remembered here, and delivered again once
+# the worker's own handlers are in place.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def post_fork(server, worker):
+    queued = server.SIG_QUEUE  # this process's copy: the master reads its own
+    if isinstance(queued, list):  # older gunicorn releases
+        pending = list(queued)
+    else:
+        pending = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pending.append(queued.get_nowait())
+    worker.stop_signal = next((sig for sig in pending if sig in STOP_SIGNALS), None)
+
+    def remember(sig, frame):
+        worker.stop_signal = sig
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, remember)
+
+
+def post_worker_init(worker):
+    if getattr(worker, "stop_signal", None) is not None:
+        os.kill(os.getpid(), worker.stop_signal)
 
 
 def child_exit(server, worker):

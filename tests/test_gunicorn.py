@@ -245,3 +245,54 @@ def test_a_bad_setting_stops_gunicorn_with_one_line(tmp_path):
     assert "customers-registry: setting MAX_BODY_BYTES='abc' is not valid" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len((result.stderr + result.stdout).strip().splitlines()) <= 2  # gunicorn's banner
+
+
+STOP_WHILE_BOOTING = """
+import os, queue, runpy, signal, sys, types
+
+conf = runpy.run_path(sys.argv[1])
+delivered = []
+
+
+def boot(queued, arrives=None):
+    # What gunicorn does in a new worker: post_fork, then its own handlers, then
+    # post_worker_init; `queued` is the worker's copy of the master's signal queue,
+    # `arrives` a signal that reaches the worker between post_fork and its handlers.
+    server = types.SimpleNamespace(SIG_QUEUE=queue.SimpleQueue())
+    for sig in queued:
+        server.SIG_QUEUE.put(sig)
+    worker = types.SimpleNamespace()
+    conf["post_fork"](server, worker)
+    if arrives is not None:
+        os.kill(os.getpid(), arrives)
+    for sig in conf["STOP_SIGNALS"]:
+        signal.signal(sig, lambda sig, frame: delivered.append(signal.Signals(sig).name))
+    conf["post_worker_init"](worker)
+
+
+boot([signal.SIGHUP, signal.SIGTERM])
+boot([], arrives=signal.SIGINT)
+boot([signal.SIGHUP, signal.SIGTTIN])
+print(" ".join(delivered))
+"""
+
+
+def test_a_stop_signal_that_reaches_a_booting_worker_is_not_lost(tmp_path):
+    """gunicorn.conf.py's post_fork and post_worker_init: a SIGTERM that reached a worker
+    before gunicorn installed the worker's own handlers (queued in its copy of the
+    master's queue, or after post_fork) is delivered to them once they are in place,
+    instead of leaving the worker serving until the master kills it 30 s later."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-c", STOP_WHILE_BOOTING, str(REPO / "gunicorn.conf.py")],
+        env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SIGTERM", "SIGINT"]
