@@ -34,6 +34,7 @@ from tests.conftest import API_KEY, BACKEND, auth
 from tests.support import free_port, request
 from tests.test_migrations import OLD_DB
 from tests.test_operating import count, scrape
+from tests.test_trust import small_filesystem as tmpfs
 
 pytestmark = pytest.mark.skipif(BACKEND != "sqlite", reason="the installed commands, once")
 
@@ -76,22 +77,6 @@ def refused_serve(installed, env, cwd: Path) -> str:
     assert "Traceback" not in text and "Booting worker" not in text, text
     [refusal] = [line for line in text.splitlines() if "customers-registry:" in line]
     return refusal
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str = "size=4m"):
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-    )
-    if result.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {result.stderr.decode()}")
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def mode(path: Path) -> int:

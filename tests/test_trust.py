@@ -152,10 +152,11 @@ def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path, database_url):
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path, size: str = "4m"):
+def small_filesystem(path: Path, options: str = "size=4m"):
+    """A tmpfs mounted at `path` (mount's `options`: its size, `ro`), unmounted after."""
     path.mkdir()
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
     )
     if result.returncode != 0:
         if os.environ.get("CI"):
